@@ -1,0 +1,167 @@
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use fila_proto::v1 as pb;
+use fila_proto::v1::fila_admin_client::FilaAdminClient;
+use fila_proto::v1::fila_service_client::FilaServiceClient;
+use futures::Stream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, ItemError};
+use crate::types::{system_time, Delivery, LeaseOptions, NewMessage, QueueInfo, QueueOptions};
+
+/// Frames may carry several large messages.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A stream of deliveries, flattened from the broker's frames.
+pub type LeaseStream = Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send>>;
+
+/// A connection to a broker. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    service: FilaServiceClient<Channel>,
+    admin: FilaAdminClient<Channel>,
+}
+
+fn single<T>(mut results: Vec<T>) -> Result<T, Error> {
+    match (results.pop(), results.is_empty()) {
+        (Some(only), true) => Ok(only),
+        _ => Err(Error::Protocol("expected exactly one result".into())),
+    }
+}
+
+fn item_result(error: Option<pb::ItemError>) -> Result<(), ItemError> {
+    error.map_or(Ok(()), |e| Err(ItemError::from_proto(e)))
+}
+
+impl Client {
+    /// Connects to a broker, for example `http://127.0.0.1:5555` (the scheme
+    /// may be left out).
+    pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
+        let mut addr = addr.into();
+        if !addr.contains("://") {
+            addr = format!("http://{addr}");
+        }
+        let channel = Endpoint::from_shared(addr)?.tcp_nodelay(true).connect().await?;
+        Ok(Client {
+            service: FilaServiceClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            admin: FilaAdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
+        })
+    }
+
+    /// Enqueues one message; returns its id.
+    pub async fn enqueue(&self, message: impl Into<NewMessage>) -> Result<String, Error> {
+        Ok(single(self.enqueue_batch(vec![message.into()]).await?)??)
+    }
+
+    /// Enqueues many messages in one call; answers per message, in order.
+    pub async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Result<String, ItemError>>, Error> {
+        let request = pb::EnqueueRequest { messages: messages.into_iter().map(NewMessage::into_proto).collect() };
+        let response = self.service.clone().enqueue(request).await?.into_inner();
+        response
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::enqueue_result::Result::MessageId(id)) => Ok(Ok(id)),
+                Some(pb::enqueue_result::Result::Error(e)) => Ok(Err(ItemError::from_proto(e))),
+                None => Err(Error::Protocol("enqueue result without outcome".into())),
+            })
+            .collect()
+    }
+
+    /// Opens a delivery stream. The broker pushes messages as they become
+    /// ready, at most `max_in_flight` unacknowledged at once.
+    pub async fn lease(&self, queue: &str, options: LeaseOptions) -> Result<LeaseStream, Error> {
+        let request = pb::LeaseRequest {
+            queue: queue.to_owned(),
+            max_in_flight: options.max_in_flight.unwrap_or(0),
+            visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
+        };
+        let frames = self.service.clone().lease(request).await?.into_inner();
+        let deliveries = futures::stream::unfold((frames, VecDeque::new()), |(mut frames, mut buffered)| async move {
+            loop {
+                if let Some(delivery) = buffered.pop_front() {
+                    return Some((Ok(Delivery::from_proto(delivery)), (frames, buffered)));
+                }
+                match frames.message().await {
+                    Ok(Some(frame)) => buffered.extend(frame.deliveries),
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(Error::Status(status)), (frames, buffered))),
+                }
+            }
+        });
+        Ok(Box::pin(deliveries))
+    }
+
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, lease_token: &str) -> Result<(), Error> {
+        Ok(single(self.ack_batch(vec![lease_token.to_owned()]).await?)??)
+    }
+
+    /// Acknowledges many deliveries; answers per token, in order.
+    pub async fn ack_batch(&self, lease_tokens: Vec<String>) -> Result<Vec<Result<(), ItemError>>, Error> {
+        let response = self.service.clone().ack(pb::AckRequest { lease_tokens }).await?.into_inner();
+        Ok(response.results.into_iter().map(|r| item_result(r.error)).collect())
+    }
+
+    /// Reports one failed delivery; the message becomes ready again.
+    pub async fn nack(&self, lease_token: &str, error: &str) -> Result<(), Error> {
+        Ok(single(self.nack_batch(vec![(lease_token.to_owned(), error.to_owned())]).await?)??)
+    }
+
+    /// Reports many failed deliveries as `(lease_token, error)` pairs.
+    pub async fn nack_batch(&self, items: Vec<(String, String)>) -> Result<Vec<Result<(), ItemError>>, Error> {
+        let items = items.into_iter().map(|(lease_token, error)| pb::NackItem { lease_token, error }).collect();
+        let response = self.service.clone().nack(pb::NackRequest { items }).await?.into_inner();
+        Ok(response.results.into_iter().map(|r| item_result(r.error)).collect())
+    }
+
+    /// Extends a lease to `timeout` from now (`None`: the timeout it was
+    /// granted with); returns the new deadline.
+    pub async fn extend_lease(&self, lease_token: &str, timeout: Option<Duration>) -> Result<SystemTime, Error> {
+        let extension = pb::LeaseExtension {
+            lease_token: lease_token.to_owned(),
+            visibility_timeout_ms: timeout.map_or(0, |d| d.as_millis() as u64),
+        };
+        let response =
+            self.service.clone().extend_lease(pb::ExtendLeaseRequest { extensions: vec![extension] }).await?;
+        match single(response.into_inner().results)?.result {
+            Some(pb::extend_lease_result::Result::LeaseDeadline(t)) => Ok(system_time(Some(t))),
+            Some(pb::extend_lease_result::Result::Error(e)) => Err(ItemError::from_proto(e).into()),
+            None => Err(Error::Protocol("extend result without outcome".into())),
+        }
+    }
+
+    pub async fn create_queue(&self, name: &str, options: QueueOptions) -> Result<QueueInfo, Error> {
+        let request = pb::CreateQueueRequest {
+            name: name.to_owned(),
+            settings: Some(pb::QueueSettings {
+                visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
+            }),
+        };
+        let response = self.admin.clone().create_queue(request).await?.into_inner();
+        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+    }
+
+    /// Deletes a queue and its messages; returns how many messages went.
+    pub async fn delete_queue(&self, name: &str) -> Result<u64, Error> {
+        let request = pb::DeleteQueueRequest { name: name.to_owned() };
+        Ok(self.admin.clone().delete_queue(request).await?.into_inner().deleted_messages)
+    }
+
+    /// Lists all queues, following pages.
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        let mut queues = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::ListQueuesRequest { page_size: 0, page_token };
+            let page = self.admin.clone().list_queues(request).await?.into_inner();
+            queues.extend(page.queues.into_iter().map(QueueInfo::from));
+            if page.next_page_token.is_empty() {
+                return Ok(queues);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}

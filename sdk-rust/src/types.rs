@@ -1,0 +1,141 @@
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fila_proto::v1 as pb;
+
+/// A message to enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    pub queue: String,
+    pub payload: Bytes,
+    pub headers: HashMap<String, String>,
+    pub fairness_key: String,
+    pub weight: u32,
+    pub throttle_keys: Vec<String>,
+}
+
+impl NewMessage {
+    pub fn new(queue: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        NewMessage { queue: queue.into(), payload: payload.into(), ..Default::default() }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn fairness_key(mut self, key: impl Into<String>) -> Self {
+        self.fairness_key = key.into();
+        self
+    }
+
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    pub fn throttle_key(mut self, key: impl Into<String>) -> Self {
+        self.throttle_keys.push(key.into());
+        self
+    }
+
+    pub(crate) fn into_proto(self) -> pb::EnqueueMessage {
+        pb::EnqueueMessage {
+            queue: self.queue,
+            headers: self.headers,
+            payload: self.payload,
+            fairness_key: self.fairness_key,
+            weight: self.weight,
+            throttle_keys: self.throttle_keys,
+        }
+    }
+}
+
+impl<Q: Into<String>, P: Into<Bytes>> From<(Q, P)> for NewMessage {
+    fn from((queue, payload): (Q, P)) -> Self {
+        NewMessage::new(queue, payload)
+    }
+}
+
+/// Options of a Lease stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeaseOptions {
+    /// Most unacknowledged deliveries at once; `None` for the broker default (100).
+    pub max_in_flight: Option<u32>,
+    /// Lease duration; `None` for the queue's visibility timeout.
+    pub visibility_timeout: Option<Duration>,
+}
+
+/// Options of a new queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueOptions {
+    /// `None` for the broker default (30 s).
+    pub visibility_timeout: Option<Duration>,
+}
+
+/// A queue and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub visibility_timeout: Duration,
+    pub depth: u64,
+    pub in_flight: u64,
+    pub consumers: u32,
+}
+
+impl From<pb::QueueInfo> for QueueInfo {
+    fn from(q: pb::QueueInfo) -> Self {
+        QueueInfo {
+            name: q.name,
+            visibility_timeout: Duration::from_millis(q.settings.map_or(0, |s| s.visibility_timeout_ms)),
+            depth: q.depth,
+            in_flight: q.in_flight,
+            consumers: q.consumers,
+        }
+    }
+}
+
+/// A leased message. Ack or nack it with `lease_token`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub queue: String,
+    pub headers: HashMap<String, String>,
+    pub payload: Bytes,
+    pub fairness_key: String,
+    pub weight: u32,
+    pub throttle_keys: Vec<String>,
+    /// 1 for the first delivery; each failed attempt adds one.
+    pub attempt: u32,
+    pub enqueued_at: SystemTime,
+    pub leased_at: SystemTime,
+    pub lease_token: String,
+    pub lease_deadline: SystemTime,
+}
+
+pub(crate) fn system_time(t: Option<prost_types::Timestamp>) -> SystemTime {
+    t.map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
+}
+
+impl Delivery {
+    pub(crate) fn from_proto(d: pb::Delivery) -> Self {
+        let message = d.message.unwrap_or_default();
+        let meta = message.metadata.unwrap_or_default();
+        let times = message.timestamps.unwrap_or_default();
+        Delivery {
+            id: message.id,
+            queue: message.queue,
+            headers: message.headers,
+            payload: message.payload,
+            fairness_key: meta.fairness_key,
+            weight: meta.weight,
+            throttle_keys: meta.throttle_keys,
+            attempt: meta.attempt_count,
+            enqueued_at: system_time(times.enqueued_at),
+            leased_at: system_time(times.leased_at),
+            lease_token: d.lease_token,
+            lease_deadline: system_time(d.lease_deadline),
+        }
+    }
+}

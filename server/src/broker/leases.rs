@@ -1,0 +1,220 @@
+//! Leases in flight: who holds which message until when.
+//!
+//! Memory grows with leases in flight, never with queue depth. Deadlines are
+//! kept in an ordered map (not a heap) so an ack removes its timer at once
+//! instead of leaving it behind until it would have fired.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::consumers::ConsumerId;
+use crate::domain::{LeaseToken, MessageId};
+
+/// How many recent acks are remembered to answer a repeated ack of the same
+/// token with success.
+pub const RECENT_ACKS_REMEMBERED: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub token: LeaseToken,
+    pub fairness_key: Arc<str>,
+    pub seq: u64,
+    pub record: Bytes,
+    pub consumer: ConsumerId,
+    pub deadline: Instant,
+    pub granted_for: Duration,
+}
+
+/// What a token refers to right now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenState {
+    /// The token's lease is live.
+    Current,
+    /// The message is leased under another token.
+    Superseded,
+    /// This token acked the message recently.
+    AckedByThisToken,
+    /// Another token acked the message recently.
+    AckedByOtherToken,
+    /// Nothing is known in memory; storage must tell.
+    Unknown,
+}
+
+pub struct LeaseTable {
+    by_message: HashMap<MessageId, Lease>,
+    deadlines: BTreeMap<(Instant, u64), MessageId>,
+    recent_acks: HashMap<MessageId, u64>,
+    recent_order: VecDeque<MessageId>,
+    next_lease: u64,
+}
+
+impl Default for LeaseTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LeaseTable {
+    pub fn new() -> Self {
+        // Lease ids start at the wall-clock nanosecond count so that tokens
+        // from before a restart can never match a lease granted after it.
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        LeaseTable {
+            by_message: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            recent_acks: HashMap::new(),
+            recent_order: VecDeque::new(),
+            next_lease: seed,
+        }
+    }
+
+    /// Starts a lease; returns its token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant(
+        &mut self,
+        queue: u64,
+        message: MessageId,
+        fairness_key: Arc<str>,
+        seq: u64,
+        record: Bytes,
+        consumer: ConsumerId,
+        granted_for: Duration,
+        now: Instant,
+    ) -> &Lease {
+        self.next_lease += 1;
+        let token = LeaseToken { queue, message, lease: self.next_lease };
+        let deadline = now + granted_for;
+        self.deadlines.insert((deadline, token.lease), message);
+        let lease = Lease { token, fairness_key, seq, record, consumer, deadline, granted_for };
+        self.by_message.insert(message, lease);
+        &self.by_message[&message]
+    }
+
+    pub fn state_of(&self, token: &LeaseToken) -> TokenState {
+        if let Some(lease) = self.by_message.get(&token.message) {
+            return if lease.token == *token { TokenState::Current } else { TokenState::Superseded };
+        }
+        match self.recent_acks.get(&token.message) {
+            Some(&lease) if lease == token.lease => TokenState::AckedByThisToken,
+            Some(_) => TokenState::AckedByOtherToken,
+            None => TokenState::Unknown,
+        }
+    }
+
+    /// Ends a lease (ack, nack, expiry or queue deletion).
+    pub fn remove(&mut self, message: MessageId) -> Option<Lease> {
+        let lease = self.by_message.remove(&message)?;
+        self.deadlines.remove(&(lease.deadline, lease.token.lease));
+        Some(lease)
+    }
+
+    /// Remembers that `token` acked its message, for idempotent re-acks.
+    pub fn remember_ack(&mut self, token: &LeaseToken) {
+        if self.recent_acks.insert(token.message, token.lease).is_none() {
+            self.recent_order.push_back(token.message);
+        }
+        while self.recent_order.len() > RECENT_ACKS_REMEMBERED {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_acks.remove(&old);
+            }
+        }
+    }
+
+    /// Moves a live lease's deadline to `now + timeout` (or its original
+    /// timeout); returns the new deadline.
+    pub fn extend(&mut self, token: &LeaseToken, timeout: Option<Duration>, now: Instant) -> Option<Instant> {
+        let lease = self.by_message.get_mut(&token.message).filter(|l| l.token == *token)?;
+        self.deadlines.remove(&(lease.deadline, lease.token.lease));
+        lease.deadline = now + timeout.unwrap_or(lease.granted_for);
+        self.deadlines.insert((lease.deadline, lease.token.lease), token.message);
+        Some(lease.deadline)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first_key_value().map(|((deadline, _), _)| *deadline)
+    }
+
+    /// Removes and returns one lease whose deadline has passed.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<Lease> {
+        let (&(deadline, _), &message) = self.deadlines.first_key_value()?;
+        if deadline > now {
+            return None;
+        }
+        self.remove(message)
+    }
+
+    /// Removes every lease of a queue.
+    pub fn remove_queue(&mut self, queue: u64) -> Vec<Lease> {
+        let ids: Vec<MessageId> =
+            self.by_message.values().filter(|l| l.token.queue == queue).map(|l| l.token.message).collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(table: &mut LeaseTable, id: MessageId, ms: u64, now: Instant) -> LeaseToken {
+        table.grant(1, id, "k".into(), 1, Bytes::new(), 7, Duration::from_millis(ms), now).token
+    }
+
+    #[test]
+    fn expires_in_deadline_order_and_only_when_due() {
+        let mut t = LeaseTable::new();
+        let now = Instant::now();
+        let (a, b) = (MessageId(1), MessageId(2));
+        grant(&mut t, a, 200, now);
+        grant(&mut t, b, 100, now);
+        assert!(t.pop_expired(now + Duration::from_millis(99)).is_none());
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(100)));
+        let due = now + Duration::from_millis(250);
+        assert_eq!(t.pop_expired(due).unwrap().token.message, b);
+        assert_eq!(t.pop_expired(due).unwrap().token.message, a);
+        assert!(t.pop_expired(due).is_none() && t.next_deadline().is_none());
+    }
+
+    #[test]
+    fn extension_moves_the_deadline_and_drops_the_old_timer() {
+        let mut t = LeaseTable::new();
+        let now = Instant::now();
+        let token = grant(&mut t, MessageId(1), 100, now);
+        let later = now + Duration::from_millis(50);
+        assert_eq!(t.extend(&token, Some(Duration::from_millis(500)), later), Some(later + Duration::from_millis(500)));
+        assert!(t.pop_expired(now + Duration::from_millis(200)).is_none());
+        assert_eq!(t.next_deadline(), Some(later + Duration::from_millis(500)));
+        // Without a timeout the lease gets its original one again.
+        assert_eq!(t.extend(&token, None, later), Some(later + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn tells_current_superseded_and_acked_tokens_apart() {
+        let mut t = LeaseTable::new();
+        let now = Instant::now();
+        let first = grant(&mut t, MessageId(1), 100, now);
+        assert_eq!(t.state_of(&first), TokenState::Current);
+        t.remove(MessageId(1));
+        assert_eq!(t.state_of(&first), TokenState::Unknown);
+        let second = grant(&mut t, MessageId(1), 100, now);
+        assert_ne!(first.lease, second.lease);
+        assert_eq!(t.state_of(&first), TokenState::Superseded);
+        assert!(t.extend(&first, None, now).is_none(), "a stale token cannot extend");
+        t.remove(MessageId(1));
+        t.remember_ack(&second);
+        assert_eq!(t.state_of(&second), TokenState::AckedByThisToken);
+        assert_eq!(t.state_of(&first), TokenState::AckedByOtherToken);
+    }
+
+    #[test]
+    fn forgets_old_acks_beyond_the_bound() {
+        let mut t = LeaseTable::new();
+        for i in 0..(RECENT_ACKS_REMEMBERED as u128 + 10) {
+            t.remember_ack(&LeaseToken { queue: 1, message: MessageId(i), lease: 1 });
+        }
+        assert_eq!(t.recent_acks.len(), RECENT_ACKS_REMEMBERED);
+        assert_eq!(t.state_of(&LeaseToken { queue: 1, message: MessageId(0), lease: 1 }), TokenState::Unknown);
+    }
+}

@@ -1,0 +1,654 @@
+//! The scheduler thread: owns every queue's state and the lease table, and
+//! is the only writer to storage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use super::consumers::{Consumer, ConsumerEvent, ConsumerId};
+use super::leases::{Lease, LeaseTable, TokenState};
+use super::queue_state::QueueState;
+use super::{Delivery, QueueInfo, QueuePage};
+use crate::domain::message::MessageRecord;
+use crate::domain::{
+    BrokerError, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
+};
+use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
+
+/// Most commands taken into one round, so expiries and deliveries keep
+/// flowing under a flood of requests.
+const MAX_COMMANDS_PER_ROUND: usize = 512;
+/// Messages read from storage at once for one fairness key.
+const READ_AHEAD: u64 = 32;
+/// Above this many read-ahead bytes across all keys, keys read one message
+/// at a time, so many active keys cannot make read-ahead unbounded.
+const READ_AHEAD_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Bounds of one Lease stream frame.
+const MAX_FRAME_DELIVERIES: usize = 256;
+const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// A validated message ready to be stored.
+pub struct PreparedMessage {
+    pub queue: QueueName,
+    pub fairness_key: String,
+    pub id: MessageId,
+    pub record: Bytes,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+pub enum Command {
+    Enqueue { items: Vec<Result<PreparedMessage, BrokerError>>, reply: Reply<Vec<Result<MessageId, BrokerError>>> },
+    Subscribe {
+        queue: QueueName,
+        window: u32,
+        visibility_timeout: Option<Duration>,
+        events: UnboundedSender<ConsumerEvent>,
+        reply: Reply<Result<ConsumerId, BrokerError>>,
+    },
+    Unsubscribe { consumer: ConsumerId },
+    Ack { tokens: Vec<Result<LeaseToken, BrokerError>>, reply: Reply<Vec<Result<(), BrokerError>>> },
+    Nack { items: Vec<Result<(LeaseToken, String), BrokerError>>, reply: Reply<Vec<Result<(), BrokerError>>> },
+    Extend {
+        items: Vec<Result<(LeaseToken, Option<Duration>), BrokerError>>,
+        reply: Reply<Vec<Result<SystemTime, BrokerError>>>,
+    },
+    CreateQueue { name: QueueName, settings: QueueSettings, reply: Reply<Result<QueueInfo, BrokerError>> },
+    DeleteQueue { name: QueueName, reply: Reply<Result<u64, BrokerError>> },
+    ListQueues { after: Option<String>, limit: usize, reply: Reply<QueuePage> },
+    CloseStreams { reply: Reply<()> },
+    Shutdown { reply: Reply<Result<(), BrokerError>> },
+}
+
+/// An answer that a failed commit turns into an error.
+trait Outcome: Send + 'static {
+    fn fail(self, error: &BrokerError) -> Self;
+}
+
+impl<T: Send + 'static> Outcome for Result<T, BrokerError> {
+    fn fail(self, error: &BrokerError) -> Self {
+        self.and(Err(error.clone()))
+    }
+}
+
+impl<T: Outcome> Outcome for Vec<T> {
+    fn fail(self, error: &BrokerError) -> Self {
+        self.into_iter().map(|item| item.fail(error)).collect()
+    }
+}
+
+impl Outcome for QueuePage {
+    fn fail(self, _: &BrokerError) -> Self {
+        self
+    }
+}
+
+impl Outcome for () {
+    fn fail(self, _: &BrokerError) -> Self {}
+}
+
+type DeferredReply = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
+
+/// What one round accumulates: storage changes, and the answers to send
+/// once they are committed.
+#[derive(Default)]
+struct Round {
+    changes: ChangeSet,
+    replies: Vec<DeferredReply>,
+    reclaim: Vec<QueueId>,
+}
+
+impl Round {
+    fn answer<T: Outcome>(&mut self, reply: Reply<T>, value: T) {
+        self.replies.push(Box::new(move |error| {
+            let _ = reply.send(match error {
+                Some(e) => value.fail(e),
+                None => value,
+            });
+        }));
+    }
+
+    fn finish(self, error: Option<&BrokerError>) {
+        for reply in self.replies {
+            reply(error);
+        }
+    }
+}
+
+pub struct Scheduler<S: Store> {
+    store: S,
+    queues: HashMap<QueueId, QueueState>,
+    names: BTreeMap<String, QueueId>,
+    consumers: HashMap<ConsumerId, Consumer>,
+    leases: LeaseTable,
+    dirty: Vec<QueueId>,
+    next_seq: u64,
+    next_queue_id: QueueId,
+    next_consumer: ConsumerId,
+    buffered_bytes: usize,
+    closing: bool,
+}
+
+impl<S: Store> Scheduler<S> {
+    /// Rebuilds state from storage. Every stored message is ready: leases do
+    /// not survive a restart.
+    pub fn recover(store: S) -> Result<Self, BrokerError> {
+        let recovered = store.recover()?;
+        let mut scheduler = Scheduler {
+            store,
+            queues: HashMap::new(),
+            names: BTreeMap::new(),
+            consumers: HashMap::new(),
+            leases: LeaseTable::new(),
+            dirty: Vec::new(),
+            next_seq: recovered.max_seq + 1,
+            next_queue_id: recovered.next_queue_id,
+            next_consumer: 1,
+            buffered_bytes: 0,
+            closing: false,
+        };
+        for def in recovered.queues {
+            scheduler.names.insert(def.name.clone(), def.id);
+            scheduler.queues.insert(def.id, QueueState::new(def));
+        }
+        let mut messages = 0;
+        for key in recovered.keys {
+            match scheduler.queues.get_mut(&key.queue) {
+                Some(queue) => {
+                    let k = queue.intern_key(&key.fairness_key);
+                    queue.add_ready(&k, key.pending);
+                    messages += key.pending;
+                }
+                None => tracing::warn!(queue_id = key.queue, "stored messages of an unknown queue are ignored"),
+            }
+        }
+        tracing::info!(queues = scheduler.queues.len(), messages, "recovered state from storage");
+        Ok(scheduler)
+    }
+
+    /// Runs rounds until shutdown (Ok) or a storage failure (Err).
+    pub fn run(mut self, inbox: Receiver<Command>) -> Result<(), BrokerError> {
+        loop {
+            let mut commands = Vec::new();
+            match self.wait(&inbox) {
+                Wake::Command(command) => commands.push(command),
+                Wake::Deadline => {}
+                // Every handle is gone: nobody can ask for anything any more.
+                Wake::Orphaned => return self.store.flush().map_err(Into::into),
+            }
+            while commands.len() < MAX_COMMANDS_PER_ROUND {
+                match inbox.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            match self.round(commands) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "storage failed; the broker stops serving (restart it to recover)");
+                    self.close_all_streams(BrokerError::Stopped);
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    /// Waits for a command or the next lease deadline.
+    fn wait(&self, inbox: &Receiver<Command>) -> Wake {
+        let received = match self.leases.next_deadline() {
+            Some(deadline) => match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => return Wake::Deadline,
+                other => other.ok(),
+            },
+            None => inbox.recv().ok(),
+        };
+        received.map_or(Wake::Orphaned, Wake::Command)
+    }
+
+    /// One round: expire, apply commands, commit once, answer, deliver.
+    /// Returns whether the broker was asked to shut down.
+    fn round(&mut self, commands: Vec<Command>) -> Result<bool, StorageError> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut round = Round::default();
+        self.expire_leases(now, &mut round);
+        let mut shutdown = None;
+        for command in commands {
+            match command {
+                Command::Shutdown { reply } => shutdown = Some(reply),
+                command => self.apply(command, now, wall, &mut round),
+            }
+        }
+        if !round.changes.is_empty() {
+            if let Err(error) = self.store.commit(&round.changes) {
+                round.finish(Some(&BrokerError::Storage(error.clone())));
+                return Err(error);
+            }
+        }
+        for queue in std::mem::take(&mut round.reclaim) {
+            self.store.reclaim_queue_space(queue);
+        }
+        round.finish(None);
+        for queue in std::mem::take(&mut self.dirty) {
+            self.dispatch(queue, now, wall)?;
+        }
+        match shutdown {
+            Some(reply) => {
+                self.close_all_streams(BrokerError::ShuttingDown);
+                let flushed = self.store.flush();
+                let _ = reply.send(flushed.clone().map_err(Into::into));
+                flushed.map(|()| true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn apply(&mut self, command: Command, now: Instant, wall: SystemTime, round: &mut Round) {
+        match command {
+            Command::Enqueue { items, reply } => {
+                let results = items.into_iter().map(|item| self.enqueue(item?, round)).collect();
+                round.answer(reply, results);
+            }
+            Command::Subscribe { queue, window, visibility_timeout, events, reply } => {
+                let result = self.subscribe(&queue, window, visibility_timeout, events);
+                round.answer(reply, result);
+            }
+            Command::Unsubscribe { consumer } => self.unsubscribe(consumer),
+            Command::Ack { tokens, reply } => {
+                let results = tokens.into_iter().map(|token| self.ack(token?, round)).collect();
+                round.answer(reply, results);
+            }
+            Command::Nack { items, reply } => {
+                let results = items
+                    .into_iter()
+                    .map(|item| {
+                        let (token, error) = item?;
+                        self.nack(&token, error, round)
+                    })
+                    .collect();
+                round.answer(reply, results);
+            }
+            Command::Extend { items, reply } => {
+                let results = items
+                    .into_iter()
+                    .map(|item| {
+                        let (token, timeout) = item?;
+                        self.extend(&token, timeout, now, wall)
+                    })
+                    .collect();
+                round.answer(reply, results);
+            }
+            Command::CreateQueue { name, settings, reply } => {
+                let result = self.create_queue(name, settings, round);
+                round.answer(reply, result);
+            }
+            Command::DeleteQueue { name, reply } => {
+                let result = self.delete_queue(&name, round);
+                round.answer(reply, result);
+            }
+            Command::ListQueues { after, limit, reply } => {
+                let page = self.list_queues(after, limit);
+                round.answer(reply, page);
+            }
+            Command::CloseStreams { reply } => {
+                self.closing = true;
+                self.close_all_streams(BrokerError::ShuttingDown);
+                round.answer(reply, ());
+            }
+            Command::Shutdown { .. } => unreachable!("handled by round"),
+        }
+    }
+
+    fn queue_id(&self, name: &QueueName) -> Result<QueueId, BrokerError> {
+        self.names.get(name.as_str()).copied().ok_or_else(|| QueueError::NotFound(name.to_string()).into())
+    }
+
+    fn mark_dirty(dirty: &mut Vec<QueueId>, queue: QueueId) {
+        if !dirty.contains(&queue) {
+            dirty.push(queue);
+        }
+    }
+
+    fn enqueue(&mut self, message: PreparedMessage, round: &mut Round) -> Result<MessageId, BrokerError> {
+        let queue_id = self.queue_id(&message.queue)?;
+        let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
+        let key = queue.intern_key(&message.fairness_key);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        round.changes.push(Change::PutMessage {
+            queue: queue_id,
+            fairness_key: Arc::clone(&key),
+            seq,
+            id: message.id,
+            record: message.record,
+        });
+        round.changes.needs_sync = true;
+        queue.add_ready(&key, 1);
+        Self::mark_dirty(&mut self.dirty, queue_id);
+        Ok(message.id)
+    }
+
+    fn subscribe(
+        &mut self,
+        queue: &QueueName,
+        window: u32,
+        visibility_timeout: Option<Duration>,
+        events: UnboundedSender<ConsumerEvent>,
+    ) -> Result<ConsumerId, BrokerError> {
+        if self.closing {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let queue_id = self.queue_id(queue)?;
+        let id = self.next_consumer;
+        self.next_consumer += 1;
+        self.consumers.insert(id, Consumer { queue: queue_id, window, in_flight: 0, visibility_timeout, events });
+        let state = self.queues.get_mut(&queue_id).expect("named queues exist");
+        state.consumers += 1;
+        state.waiting_consumers.push_back(id);
+        Self::mark_dirty(&mut self.dirty, queue_id);
+        Ok(id)
+    }
+
+    fn unsubscribe(&mut self, consumer: ConsumerId) {
+        if let Some(gone) = self.consumers.remove(&consumer) {
+            if let Some(queue) = self.queues.get_mut(&gone.queue) {
+                queue.consumers -= 1;
+                queue.waiting_consumers.retain(|&c| c != consumer);
+            }
+        }
+    }
+
+    fn close_all_streams(&mut self, reason: BrokerError) {
+        for (_, consumer) in self.consumers.drain() {
+            let _ = consumer.events.send(ConsumerEvent::Closed(reason.clone()));
+        }
+        for queue in self.queues.values_mut() {
+            queue.consumers = 0;
+            queue.waiting_consumers.clear();
+        }
+    }
+
+    /// Classifies a token the lease table knows nothing about.
+    fn unknown_token(&self, token: &LeaseToken) -> BrokerError {
+        let id = token.message.to_string();
+        if !self.queues.contains_key(&token.queue) {
+            return LeaseError::MessageNotFound(id).into();
+        }
+        match self.store.contains_message(token.queue, token.message) {
+            Ok(true) => LeaseError::Ended(id).into(),
+            Ok(false) => LeaseError::MessageNotFound(id).into(),
+            Err(error) => error.into(),
+        }
+    }
+
+    /// Takes the live lease of `token`, or says why there is none.
+    fn take_lease(&mut self, token: &LeaseToken) -> Result<Lease, BrokerError> {
+        match self.leases.state_of(token) {
+            TokenState::Current => Ok(self.leases.remove(token.message).expect("current lease exists")),
+            TokenState::Superseded | TokenState::AckedByOtherToken | TokenState::AckedByThisToken => {
+                Err(LeaseError::Ended(token.message.to_string()).into())
+            }
+            TokenState::Unknown => Err(self.unknown_token(token)),
+        }
+    }
+
+    fn ack(&mut self, token: LeaseToken, round: &mut Round) -> Result<(), BrokerError> {
+        if self.leases.state_of(&token) == TokenState::AckedByThisToken {
+            return Ok(());
+        }
+        let lease = self.take_lease(&token)?;
+        round.changes.push(Change::DeleteMessage {
+            queue: token.queue,
+            fairness_key: Arc::clone(&lease.fairness_key),
+            seq: lease.seq,
+            id: token.message,
+        });
+        self.leases.remember_ack(&token);
+        self.lease_ended(&lease);
+        Ok(())
+    }
+
+    fn nack(&mut self, token: &LeaseToken, error: String, round: &mut Round) -> Result<(), BrokerError> {
+        let lease = self.take_lease(token)?;
+        self.retry(lease, error, round)
+    }
+
+    fn expire_leases(&mut self, now: Instant, round: &mut Round) {
+        while let Some(lease) = self.leases.pop_expired(now) {
+            let token = lease.token;
+            if let Err(error) = self.retry(lease, "lease expired (visibility timeout)".to_owned(), round) {
+                tracing::error!(%error, message = %token.message, "could not return an expired message");
+            }
+        }
+    }
+
+    /// Makes a leased message ready again at the tail of its fairness key,
+    /// counting a failed attempt.
+    fn retry(&mut self, lease: Lease, error: String, round: &mut Round) -> Result<(), BrokerError> {
+        let queue_id = lease.token.queue;
+        let mut record = MessageRecord::decode_bytes(lease.record.clone())
+            .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", lease.token.message)))?;
+        record.failures += 1;
+        record.last_error = error;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        round.changes.push(Change::DeleteMessage {
+            queue: queue_id,
+            fairness_key: Arc::clone(&lease.fairness_key),
+            seq: lease.seq,
+            id: lease.token.message,
+        });
+        round.changes.push(Change::PutMessage {
+            queue: queue_id,
+            fairness_key: Arc::clone(&lease.fairness_key),
+            seq,
+            id: lease.token.message,
+            record: record.encode_bytes(),
+        });
+        if let Some(queue) = self.queues.get_mut(&queue_id) {
+            queue.add_ready(&lease.fairness_key, 1);
+        }
+        self.lease_ended(&lease);
+        Ok(())
+    }
+
+    /// Bookkeeping when a lease ends for any reason.
+    fn lease_ended(&mut self, lease: &Lease) {
+        let Some(queue) = self.queues.get_mut(&lease.token.queue) else { return };
+        queue.lease_ended(&lease.fairness_key);
+        if let Some(consumer) = self.consumers.get_mut(&lease.consumer) {
+            let was_full = !consumer.has_room();
+            consumer.in_flight -= 1;
+            if was_full {
+                queue.waiting_consumers.push_back(lease.consumer);
+            }
+        }
+        Self::mark_dirty(&mut self.dirty, lease.token.queue);
+    }
+
+    fn extend(
+        &mut self,
+        token: &LeaseToken,
+        timeout: Option<Duration>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<SystemTime, BrokerError> {
+        match self.leases.state_of(token) {
+            TokenState::Current => {
+                let deadline = self.leases.extend(token, timeout, now).expect("current lease exists");
+                Ok(wall + deadline.saturating_duration_since(now))
+            }
+            TokenState::Unknown => Err(self.unknown_token(token)),
+            _ => Err(LeaseError::Ended(token.message.to_string()).into()),
+        }
+    }
+
+    fn info(queue: &QueueState) -> QueueInfo {
+        QueueInfo {
+            name: queue.def.name.clone(),
+            settings: queue.def.settings,
+            depth: queue.depth(),
+            in_flight: queue.in_flight,
+            consumers: queue.consumers,
+        }
+    }
+
+    fn create_queue(
+        &mut self,
+        name: QueueName,
+        settings: QueueSettings,
+        round: &mut Round,
+    ) -> Result<QueueInfo, BrokerError> {
+        if self.names.contains_key(name.as_str()) {
+            return Err(QueueError::AlreadyExists(name.to_string()).into());
+        }
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        let def = QueueDef { id, name: name.to_string(), settings };
+        round.changes.push(Change::PutQueue(def.clone()));
+        round.changes.push(Change::SetNextQueueId(self.next_queue_id));
+        round.changes.needs_sync = true;
+        let state = QueueState::new(def);
+        let info = Self::info(&state);
+        self.names.insert(name.to_string(), id);
+        self.queues.insert(id, state);
+        Ok(info)
+    }
+
+    fn delete_queue(&mut self, name: &QueueName, round: &mut Round) -> Result<u64, BrokerError> {
+        let id = self.queue_id(name)?;
+        self.names.remove(name.as_str());
+        let queue = self.queues.remove(&id).expect("named queues exist");
+        self.buffered_bytes -= queue.keys.values().flat_map(|k| &k.buffer).map(|m| m.record.len()).sum::<usize>();
+        self.leases.remove_queue(id);
+        let closed: Vec<ConsumerId> = self.consumers.iter().filter(|(_, c)| c.queue == id).map(|(&cid, _)| cid).collect();
+        for cid in closed {
+            if let Some(consumer) = self.consumers.remove(&cid) {
+                let _ = consumer.events.send(ConsumerEvent::Closed(QueueError::Deleted(name.to_string()).into()));
+            }
+        }
+        round.changes.push(Change::DeleteQueue { id, name: name.to_string() });
+        round.changes.needs_sync = true;
+        round.reclaim.push(id);
+        Ok(queue.depth())
+    }
+
+    fn list_queues(&self, after: Option<String>, limit: usize) -> QueuePage {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut queues: Vec<QueueInfo> = self
+            .names
+            .range::<String, _>((start, Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(_, id)| Self::info(&self.queues[id]))
+            .collect();
+        let more = queues.len() > limit;
+        queues.truncate(limit);
+        let next_after = if more { queues.last().map(|q| q.name.clone()) } else { None };
+        QueuePage { queues, next_after }
+    }
+
+    /// Hands ready messages to consumers with room, keys in round-robin
+    /// order, consumers in turn.
+    fn dispatch(&mut self, queue_id: QueueId, now: Instant, wall: SystemTime) -> Result<(), StorageError> {
+        let Scheduler { queues, consumers, leases, store, buffered_bytes, .. } = self;
+        let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
+        let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
+        while let Some(key) = queue.rotation.front().cloned() {
+            let Some(&consumer_id) = queue.waiting_consumers.front() else { break };
+            let consumer = match consumers.get_mut(&consumer_id) {
+                Some(c) if c.is_connected() && c.has_room() => c,
+                _ => {
+                    queue.waiting_consumers.pop_front();
+                    continue;
+                }
+            };
+            let key_state = queue.keys.get_mut(&key).expect("keys in rotation have state");
+            if key_state.buffer.is_empty() {
+                let want = if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { key_state.pending.min(READ_AHEAD) } else { 1 };
+                let mut read: Vec<StoredMessage> = Vec::with_capacity(want as usize);
+                store.read_ready(queue_id, &key, key_state.cursor, want as usize, &mut read)?;
+                *buffered_bytes += read.iter().map(|m| m.record.len()).sum::<usize>();
+                if let Some(last) = read.last() {
+                    key_state.cursor = last.seq;
+                }
+                key_state.buffer.extend(read);
+            }
+            let Some(message) = key_state.buffer.pop_front() else {
+                tracing::warn!(queue = %queue.name, key = %key, counted = key_state.pending,
+                    "storage holds fewer ready messages than counted; correcting the count");
+                queue.pending -= key_state.pending;
+                key_state.pending = 0;
+                queue.rotation.pop_front();
+                if key_state.leased == 0 {
+                    queue.keys.remove(&key);
+                }
+                continue;
+            };
+            *buffered_bytes -= message.record.len();
+            key_state.pending -= 1;
+            key_state.leased += 1;
+            queue.pending -= 1;
+            queue.in_flight += 1;
+            if key_state.pending == 0 {
+                queue.rotation.pop_front();
+            } else {
+                queue.rotation.rotate_left(1);
+            }
+            let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
+            let lease =
+                leases.grant(queue_id, message.id, key, message.seq, message.record, consumer_id, timeout, now);
+            let delivery = Delivery {
+                queue: Arc::clone(&queue.name),
+                record: lease.record.clone(),
+                token: lease.token,
+                leased_at: wall,
+                deadline: wall + timeout,
+            };
+            consumer.in_flight += 1;
+            queue.waiting_consumers.pop_front();
+            if consumer.has_room() {
+                queue.waiting_consumers.push_back(consumer_id);
+            }
+            let slot = match frames.iter().position(|(c, _, _)| *c == consumer_id) {
+                Some(slot) => slot,
+                None => {
+                    frames.push((consumer_id, Vec::new(), 0));
+                    frames.len() - 1
+                }
+            };
+            let frame = &mut frames[slot];
+            frame.2 += delivery.record.len();
+            frame.1.push(delivery);
+            if frame.1.len() >= MAX_FRAME_DELIVERIES || frame.2 >= MAX_FRAME_BYTES {
+                let (_, deliveries, _) = frames.swap_remove(slot);
+                send_frame(consumer, deliveries);
+            }
+        }
+        for (consumer_id, deliveries, _) in frames {
+            if let Some(consumer) = consumers.get(&consumer_id) {
+                send_frame(consumer, deliveries);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pushes deliveries to a stream. If the stream closed in the meantime its
+/// leases simply run out, as for any consumer that disconnects.
+fn send_frame(consumer: &Consumer, deliveries: Vec<Delivery>) {
+    let _ = consumer.events.send(ConsumerEvent::Deliveries(deliveries));
+}
+
+/// Why the scheduler woke up.
+enum Wake {
+    Command(Command),
+    Deadline,
+    Orphaned,
+}

@@ -1,0 +1,189 @@
+//! Server configuration: defaults, overridden by an optional TOML file,
+//! overridden by environment variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::domain::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADERS_BYTES};
+use crate::domain::Limits;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5555";
+pub const DEFAULT_DATA_DIR: &str = "fila-data";
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, each optional so that sources can be layered. The same
+/// struct is read from the command line (with environment fallbacks) and
+/// from the TOML file, so the two cannot drift apart.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "fila-server",
+    version,
+    about = "The Fila message broker: fair scheduling and throttling decided at dequeue time.",
+    after_help = "Every option can also be set in the TOML file given by --config, using the option's \
+                  name with underscores (for example data_dir = \"/var/lib/fila\"). Flags win over \
+                  environment variables, which win over the file."
+)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with settings.
+    #[arg(long, env = "FILA_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:5555].
+    #[arg(long, env = "FILA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the RocksDB database, created if missing [default: ./fila-data].
+    #[arg(long, env = "FILA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Fsync every enqueue before answering: survives power loss, costs about
+    /// one fsync per group commit [default: false].
+    #[arg(long, env = "FILA_SYNC_WRITES", num_args = 0..=1, default_missing_value = "true")]
+    pub sync_writes: Option<bool>,
+    /// Largest accepted payload in bytes [default: 1048576].
+    #[arg(long, env = "FILA_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
+    /// Most items in one Enqueue, Ack, Nack or ExtendLease call [default: 1000].
+    #[arg(long, env = "FILA_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Largest accepted gRPC request in bytes [default: 67108864].
+    #[arg(long, env = "FILA_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Log filter, in `tracing` EnvFilter syntax [default: info].
+    #[arg(long, env = "FILA_LOG")]
+    pub log: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "FILA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Settings {
+    /// Fills what `self` leaves unset from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            config: self.config.or(other.config),
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            sync_writes: self.sync_writes.or(other.sync_writes),
+            max_payload_bytes: self.max_payload_bytes.or(other.max_payload_bytes),
+            max_batch: self.max_batch.or(other.max_batch),
+            max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            log: self.log.or(other.log),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub sync_writes: bool,
+    pub limits: Limits,
+    pub max_request_bytes: usize,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Resolves flags and environment (already in `cli`) over the file they
+    /// name over the defaults.
+    pub fn resolve(cli: Settings) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        let s = cli.or(file);
+        let limits = Limits {
+            max_payload_bytes: s.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES),
+            max_batch: s.max_batch.unwrap_or(DEFAULT_MAX_BATCH),
+        };
+        let max_request_bytes = s.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if limits.max_payload_bytes == 0 || limits.max_batch == 0 {
+            return Err(ConfigError::Invalid("max_payload_bytes and max_batch must be at least 1".into()));
+        }
+        if max_request_bytes < limits.max_payload_bytes + MAX_HEADERS_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "max_request_bytes ({max_request_bytes}) must leave room for one message of max_payload_bytes ({}) plus headers ({MAX_HEADERS_BYTES})",
+                limits.max_payload_bytes
+            )));
+        }
+        Ok(ServerConfig {
+            listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            sync_writes: s.sync_writes.unwrap_or(false),
+            limits,
+            max_request_bytes,
+            log: s.log.unwrap_or_else(|| "info".into()),
+            log_format: s.log_format.unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_with_nothing_set() {
+        let c = ServerConfig::resolve(Settings::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(!c.sync_writes);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fila.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\ndata_dir = \"/from/file\"\nsync_writes = true\n").unwrap();
+        let cli = Settings::parse_from(["fila-server", "--config", file.to_str().unwrap(), "--data-dir", "/from/flag"]);
+        let c = ServerConfig::resolve(cli).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert!(c.sync_writes);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_inconsistent_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fila.toml");
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let cli = Settings { config: Some(file), ..Default::default() };
+        assert!(matches!(ServerConfig::resolve(cli), Err(ConfigError::Parse { .. })));
+        let cli = Settings { max_request_bytes: Some(10), ..Default::default() };
+        assert!(matches!(ServerConfig::resolve(cli), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn bare_sync_flag_means_true() {
+        let cli = Settings::parse_from(["fila-server", "--sync-writes"]);
+        assert_eq!(cli.sync_writes, Some(true));
+    }
+}

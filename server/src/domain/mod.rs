@@ -1,0 +1,15 @@
+//! Broker vocabulary shared by storage, scheduler and transport: names,
+//! messages, leases, limits and the errors they can produce. Nothing here
+//! knows about gRPC or RocksDB.
+
+pub mod error;
+pub mod lease;
+pub mod limits;
+pub mod message;
+pub mod queue;
+
+pub use error::{BrokerError, ErrorKind, LeaseError, QueueError, StorageError, ValidationError};
+pub use lease::LeaseToken;
+pub use limits::Limits;
+pub use message::{MessageId, NewMessage, DEFAULT_FAIRNESS_KEY};
+pub use queue::{QueueId, QueueName, QueueSettings};

@@ -1,0 +1,10 @@
+//! Thin gRPC adapters: decode requests, call the broker, encode answers.
+//! All policy lives in `broker` and `domain`.
+
+mod admin;
+mod convert;
+mod service;
+pub mod status;
+
+pub use admin::AdminApi;
+pub use service::HotPathApi;

@@ -1,0 +1,13 @@
+//! Fila: a message broker in which fair scheduling and per-key throttling
+//! are decided by the broker at dequeue time.
+//!
+//! Layers, from the inside out: `domain` (vocabulary and errors), `storage`
+//! (RocksDB behind a trait), `broker` (the single-threaded scheduler),
+//! `grpc` (thin transport adapters) and `server` (wiring).
+
+pub mod broker;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod server;
+pub mod storage;
