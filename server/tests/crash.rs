@@ -17,7 +17,7 @@ use rand::Rng;
 struct Ledger {
     /// Ids whose enqueue was answered.
     enqueued: Mutex<HashSet<String>>,
-    /// Messages sent in enqueue calls that were not answered (yet).
+    /// Messages sent in enqueue calls that were never answered, over all rounds.
     enqueues_unanswered: AtomicU64,
     /// Ids whose ack was answered with success.
     acked: Mutex<HashSet<String>>,
@@ -25,9 +25,12 @@ struct Ledger {
     acks_unanswered: Mutex<HashSet<String>>,
 }
 
+const MAX_BATCHES_PER_ROUND: u64 = 1000;
+
 async fn produce(client: fila_sdk::Client, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, producer: usize) {
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    // Bounded so the drain below stays quick; the kill lands mid-load anyway.
+    while !stop.load(Ordering::Relaxed) && n < MAX_BATCHES_PER_ROUND {
         let batch: Vec<_> = (0..20)
             .map(|i| NewMessage::new("crash", format!("p{producer}-{n}-{i}")).fairness_key(format!("k{}", i % 3)))
             .collect();
@@ -88,7 +91,7 @@ async fn answered_enqueues_survive_repeated_sigkill() {
             tasks.push(tokio::spawn(produce(server.client().await, ledger.clone(), stop.clone(), round * 10 + p)));
         }
         tasks.push(tokio::spawn(consume(server.client().await, ledger.clone(), stop.clone())));
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
         server.kill();
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
@@ -100,7 +103,8 @@ async fn answered_enqueues_survive_repeated_sigkill() {
         let acked = ledger.acked.lock().unwrap().clone();
         // Acks sent but not answered may or may not have landed.
         maybe_acked.extend(ledger.acks_unanswered.lock().unwrap().drain());
-        let unanswered = ledger.enqueues_unanswered.swap(0, Ordering::SeqCst);
+        // Unanswered enqueues may have landed; they stay in the queue across rounds.
+        let unanswered = ledger.enqueues_unanswered.load(Ordering::SeqCst);
         let min = enqueued.iter().filter(|id| !acked.contains(*id) && !maybe_acked.contains(*id)).count() as u64;
         let max = enqueued.iter().filter(|id| !acked.contains(*id)).count() as u64 + unanswered;
         let actual = depth(&server).await;
@@ -115,15 +119,26 @@ async fn answered_enqueues_survive_repeated_sigkill() {
 
     // Drain: every answered enqueue that was not acked must be delivered.
     let client = server.client().await;
-    let mut stream = client.lease("crash", LeaseOptions { max_in_flight: Some(200), visibility_timeout: None }).await.unwrap();
+    let mut stream = client.lease("crash", LeaseOptions { max_in_flight: Some(500), visibility_timeout: None }).await.unwrap();
     let mut drained = HashSet::new();
-    while depth(&server).await > 0 {
-        let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await else {
-            panic!("drain stalled with depth {}", depth(&server).await);
-        };
-        let delivery = delivery.unwrap();
-        client.ack(&delivery.lease_token).await.unwrap();
-        drained.insert(delivery.id);
+    loop {
+        let mut tokens = Vec::new();
+        while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            let delivery = delivery.unwrap();
+            tokens.push(delivery.lease_token);
+            drained.insert(delivery.id);
+            if tokens.len() == 500 {
+                break;
+            }
+        }
+        if tokens.is_empty() {
+            let left = depth(&server).await;
+            assert_eq!(left, 0, "drain stalled with depth {left}");
+            break;
+        }
+        for result in client.ack_batch(tokens).await.unwrap() {
+            result.unwrap();
+        }
     }
     let enqueued = ledger.enqueued.lock().unwrap().clone();
     let acked = ledger.acked.lock().unwrap().clone();
