@@ -14,10 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["."])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // Served by gRPC reflection.
-    fs::write(
-        out_dir.join("fila_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    fs::write(out_dir.join("fila_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

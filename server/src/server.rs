@@ -31,9 +31,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("cannot open data directory {}: {e}", config.data_dir.display()))?;
     let (broker, stopped) = Broker::start(store, BrokerOptions { limits: config.limits })?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
             // Deliveries are small writes that must not wait for Nagle.

@@ -119,7 +119,8 @@ async fn answered_enqueues_survive_repeated_sigkill() {
 
     // Drain: every answered enqueue that was not acked must be delivered.
     let client = server.client().await;
-    let mut stream = client.lease("crash", LeaseOptions { max_in_flight: Some(500), visibility_timeout: None }).await.unwrap();
+    let mut stream =
+        client.lease("crash", LeaseOptions { max_in_flight: Some(500), visibility_timeout: None }).await.unwrap();
     let mut drained = HashSet::new();
     loop {
         let mut tokens = Vec::new();
@@ -142,8 +143,10 @@ async fn answered_enqueues_survive_repeated_sigkill() {
     }
     let enqueued = ledger.enqueued.lock().unwrap().clone();
     let acked = ledger.acked.lock().unwrap().clone();
-    let missing: Vec<_> =
-        enqueued.iter().filter(|id| !acked.contains(*id) && !maybe_acked.contains(*id) && !drained.contains(*id)).collect();
+    let missing: Vec<_> = enqueued
+        .iter()
+        .filter(|id| !acked.contains(*id) && !maybe_acked.contains(*id) && !drained.contains(*id))
+        .collect();
     assert!(missing.is_empty(), "{} answered enqueues were lost, e.g. {:?}", missing.len(), missing.first());
     let resurrected: Vec<_> = drained.intersection(&acked).collect();
     assert!(resurrected.is_empty(), "{} messages came back after a successful ack", resurrected.len());

@@ -141,8 +141,16 @@ async fn queue_administration_errors_are_clear() {
     let client = server.client().await;
     client.create_queue("q", QueueOptions::default()).await.unwrap();
     let cases = [
-        (client.create_queue("q", QueueOptions::default()).await.unwrap_err(), Code::AlreadyExists, "queue 'q' already exists"),
-        (client.create_queue("", QueueOptions::default()).await.unwrap_err(), Code::InvalidArgument, "must not be empty"),
+        (
+            client.create_queue("q", QueueOptions::default()).await.unwrap_err(),
+            Code::AlreadyExists,
+            "queue 'q' already exists",
+        ),
+        (
+            client.create_queue("", QueueOptions::default()).await.unwrap_err(),
+            Code::InvalidArgument,
+            "must not be empty",
+        ),
         (client.create_queue("a/b", QueueOptions::default()).await.unwrap_err(), Code::InvalidArgument, "is invalid"),
         (client.create_queue("q.dlq", QueueOptions::default()).await.unwrap_err(), Code::InvalidArgument, "reserved"),
         (client.create_queue("v", visibility(43_200_001)).await.unwrap_err(), Code::InvalidArgument, "out of range"),
@@ -214,7 +222,8 @@ async fn consumers_share_a_queue_and_each_message_goes_to_one_of_them() {
     }
     let mut sent = HashSet::new();
     for chunk in 0..10 {
-        let batch = (0..30).map(|i| NewMessage::new("q", format!("{chunk}-{i}")).fairness_key(format!("k{}", i % 4))).collect();
+        let batch =
+            (0..30).map(|i| NewMessage::new("q", format!("{chunk}-{i}")).fairness_key(format!("k{}", i % 4))).collect();
         for r in client.enqueue_batch(batch).await.unwrap() {
             sent.insert(r.unwrap());
         }

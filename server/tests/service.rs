@@ -53,7 +53,8 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
     let batch = (0..100).map(|i| NewMessage::new("q", format!("m{i}"))).collect();
     client.enqueue_batch(batch).await.unwrap();
     // An open stream must not keep the server from stopping.
-    let mut stream = client.lease("q", LeaseOptions { max_in_flight: Some(1), visibility_timeout: None }).await.unwrap();
+    let mut stream =
+        client.lease("q", LeaseOptions { max_in_flight: Some(1), visibility_timeout: None }).await.unwrap();
     next_delivery(&mut stream, WAIT).await;
 
     let status = server.terminate();
@@ -65,7 +66,8 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
     let client = server.client().await;
     let queues = client.list_queues().await.unwrap();
     assert_eq!(queues[0].depth, 100, "the leased message is ready again after the restart");
-    let mut stream = client.lease("q", LeaseOptions { max_in_flight: Some(200), visibility_timeout: None }).await.unwrap();
+    let mut stream =
+        client.lease("q", LeaseOptions { max_in_flight: Some(200), visibility_timeout: None }).await.unwrap();
     for _ in 0..100 {
         let d = next_delivery(&mut stream, WAIT).await;
         assert_eq!(d.attempt, 1, "a lease cut short by a restart is not a failed attempt");

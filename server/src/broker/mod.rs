@@ -120,7 +120,9 @@ impl Broker {
                 let outcome = scheduler.run(inbox);
                 let _ = stopped_tx.send(outcome.err());
             })
-            .map_err(|e| BrokerError::Storage(crate::domain::StorageError::Io(format!("cannot start scheduler: {e}"))))?;
+            .map_err(|e| {
+                BrokerError::Storage(crate::domain::StorageError::Io(format!("cannot start scheduler: {e}")))
+            })?;
         Ok((Broker { commands, options }, stopped_rx))
     }
 
@@ -135,10 +137,7 @@ impl Broker {
     }
 
     /// Enqueues a batch; answers per message, in order.
-    pub async fn enqueue(
-        &self,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<Result<MessageId, BrokerError>>, BrokerError> {
+    pub async fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Vec<Result<MessageId, BrokerError>>, BrokerError> {
         self.options.limits.check_batch(messages.len())?;
         let now = SystemTime::now();
         let items = messages
@@ -202,7 +201,9 @@ impl Broker {
             .map(|item| {
                 let token = item.token.parse::<LeaseToken>()?;
                 if item.error.len() > MAX_NACK_ERROR_BYTES {
-                    return Err(ValidationError::NackErrorTooLong { len: item.error.len(), max: MAX_NACK_ERROR_BYTES }.into());
+                    return Err(
+                        ValidationError::NackErrorTooLong { len: item.error.len(), max: MAX_NACK_ERROR_BYTES }.into()
+                    );
                 }
                 Ok((token, item.error))
             })

@@ -43,7 +43,10 @@ pub struct PreparedMessage {
 type Reply<T> = oneshot::Sender<T>;
 
 pub enum Command {
-    Enqueue { items: Vec<Result<PreparedMessage, BrokerError>>, reply: Reply<Vec<Result<MessageId, BrokerError>>> },
+    Enqueue {
+        items: Vec<Result<PreparedMessage, BrokerError>>,
+        reply: Reply<Vec<Result<MessageId, BrokerError>>>,
+    },
     Subscribe {
         queue: QueueName,
         window: u32,
@@ -51,18 +54,41 @@ pub enum Command {
         events: UnboundedSender<ConsumerEvent>,
         reply: Reply<Result<ConsumerId, BrokerError>>,
     },
-    Unsubscribe { consumer: ConsumerId },
-    Ack { tokens: Vec<Result<LeaseToken, BrokerError>>, reply: Reply<Vec<Result<(), BrokerError>>> },
-    Nack { items: Vec<Result<(LeaseToken, String), BrokerError>>, reply: Reply<Vec<Result<(), BrokerError>>> },
+    Unsubscribe {
+        consumer: ConsumerId,
+    },
+    Ack {
+        tokens: Vec<Result<LeaseToken, BrokerError>>,
+        reply: Reply<Vec<Result<(), BrokerError>>>,
+    },
+    Nack {
+        items: Vec<Result<(LeaseToken, String), BrokerError>>,
+        reply: Reply<Vec<Result<(), BrokerError>>>,
+    },
     Extend {
         items: Vec<Result<(LeaseToken, Option<Duration>), BrokerError>>,
         reply: Reply<Vec<Result<SystemTime, BrokerError>>>,
     },
-    CreateQueue { name: QueueName, settings: QueueSettings, reply: Reply<Result<QueueInfo, BrokerError>> },
-    DeleteQueue { name: QueueName, reply: Reply<Result<u64, BrokerError>> },
-    ListQueues { after: Option<String>, limit: usize, reply: Reply<QueuePage> },
-    CloseStreams { reply: Reply<()> },
-    Shutdown { reply: Reply<Result<(), BrokerError>> },
+    CreateQueue {
+        name: QueueName,
+        settings: QueueSettings,
+        reply: Reply<Result<QueueInfo, BrokerError>>,
+    },
+    DeleteQueue {
+        name: QueueName,
+        reply: Reply<Result<u64, BrokerError>>,
+    },
+    ListQueues {
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<QueuePage>,
+    },
+    CloseStreams {
+        reply: Reply<()>,
+    },
+    Shutdown {
+        reply: Reply<Result<(), BrokerError>>,
+    },
 }
 
 /// An answer that a failed commit turns into an error.
@@ -188,8 +214,16 @@ impl<S: Store> Scheduler<S> {
                 }
             }
             match self.round(commands) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
+                Ok(Some(reply)) => {
+                    let flushed = self.store.flush();
+                    // Close the database before answering: once answered,
+                    // the process may exit, and RocksDB must not be
+                    // mid-close then.
+                    drop(self);
+                    let _ = reply.send(flushed.clone().map_err(Into::into));
+                    return flushed.map_err(Into::into);
+                }
+                Ok(None) => {}
                 Err(error) => {
                     tracing::error!(%error, "storage failed; the broker stops serving (restart it to recover)");
                     self.close_all_streams(BrokerError::Stopped);
@@ -212,8 +246,8 @@ impl<S: Store> Scheduler<S> {
     }
 
     /// One round: expire, apply commands, commit once, answer, deliver.
-    /// Returns whether the broker was asked to shut down.
-    fn round(&mut self, commands: Vec<Command>) -> Result<bool, StorageError> {
+    /// Returns the caller to answer when the broker was asked to shut down.
+    fn round(&mut self, commands: Vec<Command>) -> Result<Option<Reply<Result<(), BrokerError>>>, StorageError> {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut round = Round::default();
@@ -238,15 +272,10 @@ impl<S: Store> Scheduler<S> {
         for queue in std::mem::take(&mut self.dirty) {
             self.dispatch(queue, now, wall)?;
         }
-        match shutdown {
-            Some(reply) => {
-                self.close_all_streams(BrokerError::ShuttingDown);
-                let flushed = self.store.flush();
-                let _ = reply.send(flushed.clone().map_err(Into::into));
-                flushed.map(|()| true)
-            }
-            None => Ok(false),
+        if shutdown.is_some() {
+            self.close_all_streams(BrokerError::ShuttingDown);
         }
+        Ok(shutdown)
     }
 
     fn apply(&mut self, command: Command, now: Instant, wall: SystemTime, round: &mut Round) {
@@ -527,7 +556,8 @@ impl<S: Store> Scheduler<S> {
         let queue = self.queues.remove(&id).expect("named queues exist");
         self.buffered_bytes -= queue.keys.values().flat_map(|k| &k.buffer).map(|m| m.record.len()).sum::<usize>();
         self.leases.remove_queue(id);
-        let closed: Vec<ConsumerId> = self.consumers.iter().filter(|(_, c)| c.queue == id).map(|(&cid, _)| cid).collect();
+        let closed: Vec<ConsumerId> =
+            self.consumers.iter().filter(|(_, c)| c.queue == id).map(|(&cid, _)| cid).collect();
         for cid in closed {
             if let Some(consumer) = self.consumers.remove(&cid) {
                 let _ = consumer.events.send(ConsumerEvent::Closed(QueueError::Deleted(name.to_string()).into()));
@@ -571,7 +601,8 @@ impl<S: Store> Scheduler<S> {
             };
             let key_state = queue.keys.get_mut(&key).expect("keys in rotation have state");
             if key_state.buffer.is_empty() {
-                let want = if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { key_state.pending.min(READ_AHEAD) } else { 1 };
+                let want =
+                    if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { key_state.pending.min(READ_AHEAD) } else { 1 };
                 let mut read: Vec<StoredMessage> = Vec::with_capacity(want as usize);
                 store.read_ready(queue_id, &key, key_state.cursor, want as usize, &mut read)?;
                 *buffered_bytes += read.iter().map(|m| m.record.len()).sum::<usize>();
@@ -602,8 +633,7 @@ impl<S: Store> Scheduler<S> {
                 queue.rotation.rotate_left(1);
             }
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
-            let lease =
-                leases.grant(queue_id, message.id, key, message.seq, message.record, consumer_id, timeout, now);
+            let lease = leases.grant(queue_id, message.id, key, message.seq, message.record, consumer_id, timeout, now);
             let delivery = Delivery {
                 queue: Arc::clone(&queue.name),
                 record: lease.record.clone(),

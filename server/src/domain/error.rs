@@ -20,7 +20,9 @@ pub enum ErrorKind {
 pub enum ValidationError {
     #[error("queue name must not be empty")]
     EmptyQueueName,
-    #[error("queue name '{name}' is invalid: use 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
+    #[error(
+        "queue name '{name}' is invalid: use 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+    )]
     BadQueueName { name: String },
     #[error("queue name '{name}' ends in '.dlq', which is reserved for dead-letter queues")]
     ReservedQueueName { name: String },

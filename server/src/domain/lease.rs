@@ -57,7 +57,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "a.b.c", "1.2", "1.00000000000000000000000000000001.3.4", "zz.00000000000000000000000000000001.1"] {
+        for s in ["", "a.b.c", "1.2", "1.00000000000000000000000000000001.3.4", "zz.00000000000000000000000000000001.1"]
+        {
             assert!(matches!(s.parse::<LeaseToken>(), Err(LeaseError::MalformedToken(_))), "{s}");
         }
     }

@@ -69,10 +69,7 @@ impl NewMessage {
             return Err(ValidationError::EmptyPayload);
         }
         if self.payload.len() > limits.max_payload_bytes {
-            return Err(ValidationError::PayloadTooLarge {
-                size: self.payload.len(),
-                max: limits.max_payload_bytes,
-            });
+            return Err(ValidationError::PayloadTooLarge { size: self.payload.len(), max: limits.max_payload_bytes });
         }
         if self.headers.keys().any(String::is_empty) {
             return Err(ValidationError::EmptyHeaderName);

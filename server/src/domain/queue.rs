@@ -69,11 +69,7 @@ impl Default for QueueSettings {
 
 /// Turns a wire duration in milliseconds (0 = use `default`) into a checked
 /// `Duration`.
-pub fn visibility_timeout_from_ms(
-    what: &'static str,
-    ms: u64,
-    default: Duration,
-) -> Result<Duration, ValidationError> {
+pub fn visibility_timeout_from_ms(what: &'static str, ms: u64, default: Duration) -> Result<Duration, ValidationError> {
     match ms {
         0 => Ok(default),
         1..=MAX_VISIBILITY_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
@@ -103,10 +99,7 @@ mod tests {
     #[test]
     fn reserves_dead_letter_names_for_creation_only() {
         assert!(QueueName::parse("orders.dlq").is_ok());
-        assert!(matches!(
-            QueueName::parse_for_create("orders.dlq"),
-            Err(ValidationError::ReservedQueueName { .. })
-        ));
+        assert!(matches!(QueueName::parse_for_create("orders.dlq"), Err(ValidationError::ReservedQueueName { .. })));
     }
 
     #[test]

@@ -60,9 +60,7 @@ pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
 pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
     pb::QueueInfo {
         name: q.name,
-        settings: Some(pb::QueueSettings {
-            visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64,
-        }),
+        settings: Some(pb::QueueSettings { visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64 }),
         depth: q.depth,
         in_flight: q.in_flight,
         consumers: q.consumers,

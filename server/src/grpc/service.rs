@@ -44,11 +44,8 @@ impl FilaService for HotPathApi {
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<LeaseStream>, Status> {
         let req = request.into_inner();
-        let subscription = self
-            .broker
-            .subscribe(&req.queue, req.max_in_flight, req.visibility_timeout_ms)
-            .await
-            .map_err(to_status)?;
+        let subscription =
+            self.broker.subscribe(&req.queue, req.max_in_flight, req.visibility_timeout_ms).await.map_err(to_status)?;
         // The subscription lives inside the stream: when the client goes
         // away tonic drops the stream, which unsubscribes the consumer.
         let stream = futures::stream::unfold(subscription, |mut sub| async move {
@@ -73,12 +70,8 @@ impl FilaService for HotPathApi {
     }
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
-        let items = request
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|i| NackItem { token: i.lease_token, error: i.error })
-            .collect();
+        let items =
+            request.into_inner().items.into_iter().map(|i| NackItem { token: i.lease_token, error: i.error }).collect();
         let results = self.broker.nack(items).await.map_err(to_status)?;
         let results = results.iter().map(|r| pb::NackResult { error: r.as_ref().err().map(to_item_error) }).collect();
         Ok(Response::new(pb::NackResponse { results }))

@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn messages_of_one_key_sort_by_sequence_and_stay_contiguous() {
-        let mut keys = vec![
+        let mut keys = [
             message_key(1, "b", 1),
             message_key(1, "a", 300),
             message_key(1, "a", 2),
@@ -102,7 +102,7 @@ mod tests {
         assert!(message_key(5, "k", 0).as_slice() >= &start[..]);
         assert!(message_key(5, &"\u{ff}".repeat(100), u64::MAX).as_slice() < &end[..]);
         assert!(message_key(6, "", 0).as_slice() >= &end[..]);
-        assert!(&index_key(5, MessageId(u128::MAX))[..] < &end[..]);
+        assert!(index_key(5, MessageId(u128::MAX))[..] < end[..]);
     }
 
     #[test]

@@ -25,10 +25,24 @@ pub struct QueueDef {
 pub enum Change {
     PutQueue(QueueDef),
     /// Removes the queue and every message in it.
-    DeleteQueue { id: QueueId, name: String },
+    DeleteQueue {
+        id: QueueId,
+        name: String,
+    },
     SetNextQueueId(QueueId),
-    PutMessage { queue: QueueId, fairness_key: Arc<str>, seq: u64, id: MessageId, record: Bytes },
-    DeleteMessage { queue: QueueId, fairness_key: Arc<str>, seq: u64, id: MessageId },
+    PutMessage {
+        queue: QueueId,
+        fairness_key: Arc<str>,
+        seq: u64,
+        id: MessageId,
+        record: Bytes,
+    },
+    DeleteMessage {
+        queue: QueueId,
+        fairness_key: Arc<str>,
+        seq: u64,
+        id: MessageId,
+    },
 }
 
 /// Changes to apply in one atomic write.

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
 
 use super::keys;
 use super::{Change, ChangeSet, QueueDef, Recovered, RecoveredKey, Store, StoredMessage};
@@ -65,8 +67,8 @@ impl RocksStore {
         let mut queues = Vec::new();
         for entry in self.db.iterator_cf(self.cf(CF_QUEUES), rocksdb::IteratorMode::Start) {
             let (_, value) = entry.map_err(io)?;
-            let rec: QueueRecord = prost::Message::decode(&*value)
-                .map_err(|e| StorageError::Corrupt(format!("queue definition: {e}")))?;
+            let rec: QueueRecord =
+                prost::Message::decode(&*value).map_err(|e| StorageError::Corrupt(format!("queue definition: {e}")))?;
             queues.push(QueueDef {
                 id: rec.id,
                 name: rec.name,
@@ -257,7 +259,10 @@ mod tests {
         {
             let store = RocksStore::open(dir.path(), true).unwrap();
             let def = QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default() };
-            commit(&store, vec![Change::PutQueue(def), Change::SetNextQueueId(2), msg, put(1, "a", 3).0, put(1, "b", 4).0]);
+            commit(
+                &store,
+                vec![Change::PutQueue(def), Change::SetNextQueueId(2), msg, put(1, "a", 3).0, put(1, "b", 4).0],
+            );
         }
         let store = RocksStore::open(dir.path(), true).unwrap();
         let rec = store.recover().unwrap();
@@ -267,7 +272,10 @@ mod tests {
         assert_eq!(rec.max_seq, 7);
         let mut keys = rec.keys.clone();
         keys.sort_by(|a, b| a.fairness_key.cmp(&b.fairness_key));
-        assert_eq!(keys.iter().map(|k| (k.fairness_key.as_str(), k.pending)).collect::<Vec<_>>(), vec![("a", 2), ("b", 1)]);
+        assert_eq!(
+            keys.iter().map(|k| (k.fairness_key.as_str(), k.pending)).collect::<Vec<_>>(),
+            vec![("a", 2), ("b", 1)]
+        );
         assert!(store.contains_message(1, id).unwrap());
         commit(&store, vec![Change::DeleteMessage { queue: 1, fairness_key: "a".into(), seq: 7, id }]);
         assert!(!store.contains_message(1, id).unwrap());

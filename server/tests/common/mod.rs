@@ -33,7 +33,7 @@ impl TestServer {
         let mut server = TestServer {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()),
-            data_dir: temp.path().to_path_buf(),
+            data_dir: temp.path().join("data"),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             _temp: Some(temp),
         };
@@ -45,6 +45,11 @@ impl TestServer {
         &self.data_dir
     }
 
+    /// The server's stderr, kept next to the data directory.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.parent().unwrap().join("server.log")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -53,11 +58,7 @@ impl TestServer {
     /// waits until it answers.
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.parent().unwrap().join(format!("{}.log", self.addr.replace(':', "_"))))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_fila-server"))
             .args(["--listen", &self.addr, "--data-dir", self.data_dir.to_str().unwrap(), "--log", "warn"])
             .args(&self.extra_args)
@@ -124,6 +125,10 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            eprintln!("--- fila-server log ({}) ---\n{log}", self.addr);
+        }
     }
 }
 
