@@ -9,7 +9,9 @@ use futures::Stream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, ItemError};
-use crate::types::{system_time, Delivery, LeaseOptions, NewMessage, QueueInfo, QueueOptions};
+use crate::types::{
+    system_time, Delivery, LeaseOptions, NewMessage, QueueInfo, QueueOptions, QueueStats, ThrottleInfo,
+};
 
 /// Frames may carry several large messages.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -138,6 +140,7 @@ impl Client {
             name: name.to_owned(),
             settings: Some(pb::QueueSettings {
                 visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
+                quantum: options.quantum.unwrap_or(0),
             }),
         };
         let response = self.admin.clone().create_queue(request).await?.into_inner();
@@ -160,6 +163,59 @@ impl Client {
             queues.extend(page.queues.into_iter().map(QueueInfo::from));
             if page.next_page_token.is_empty() {
                 return Ok(queues);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// A queue's counters and up to `max_keys` of its busiest fairness keys
+    /// (`None`: the broker default, 100).
+    pub async fn queue_stats(&self, queue: &str, max_keys: Option<u32>) -> Result<QueueStats, Error> {
+        let request = pb::GetQueueStatsRequest { queue: queue.to_owned(), max_keys: max_keys.unwrap_or(0) };
+        Ok(self.admin.clone().get_queue_stats(request).await?.into_inner().into())
+    }
+
+    /// Overrides a fairness key's weight; `None` removes the override.
+    pub async fn set_fairness_weight(&self, queue: &str, fairness_key: &str, weight: Option<u32>) -> Result<(), Error> {
+        let request = pb::SetFairnessWeightRequest {
+            queue: queue.to_owned(),
+            fairness_key: fairness_key.to_owned(),
+            weight: weight.unwrap_or(0),
+        };
+        self.admin.clone().set_fairness_weight(request).await?;
+        Ok(())
+    }
+
+    /// Sets a throttle key's rate (per second, fractional allowed) and burst
+    /// (`None`: one second's worth, at least 1).
+    pub async fn set_throttle(
+        &self,
+        key: &str,
+        rate_per_second: f64,
+        burst: Option<f64>,
+    ) -> Result<ThrottleInfo, Error> {
+        let request =
+            pb::SetThrottleRequest { throttle_key: key.to_owned(), rate_per_second, burst: burst.unwrap_or(0.0) };
+        let response = self.admin.clone().set_throttle(request).await?.into_inner();
+        response.throttle.map(ThrottleInfo::from).ok_or_else(|| Error::Protocol("no throttle in answer".into()))
+    }
+
+    /// Removes a throttle key's limit.
+    pub async fn remove_throttle(&self, key: &str) -> Result<(), Error> {
+        self.admin.clone().remove_throttle(pb::RemoveThrottleRequest { throttle_key: key.to_owned() }).await?;
+        Ok(())
+    }
+
+    /// Lists all throttle keys with limits, following pages.
+    pub async fn list_throttles(&self) -> Result<Vec<ThrottleInfo>, Error> {
+        let mut throttles = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::ListThrottlesRequest { page_size: 0, page_token };
+            let page = self.admin.clone().list_throttles(request).await?.into_inner();
+            throttles.extend(page.throttles.into_iter().map(ThrottleInfo::from));
+            if page.next_page_token.is_empty() {
+                return Ok(throttles);
             }
             page_token = page.next_page_token;
         }

@@ -21,7 +21,7 @@ mod types;
 
 pub use client::{Client, LeaseStream};
 pub use error::{Error, ItemError};
-pub use types::{Delivery, LeaseOptions, NewMessage, QueueInfo, QueueOptions};
+pub use types::{Delivery, KeyStats, LeaseOptions, NewMessage, QueueInfo, QueueOptions, QueueStats, ThrottleInfo};
 
 /// The generated wire types, for anything the idiomatic API does not cover.
 pub use fila_proto::v1 as proto;

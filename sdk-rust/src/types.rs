@@ -72,6 +72,9 @@ pub struct LeaseOptions {
 pub struct QueueOptions {
     /// `None` for the broker default (30 s).
     pub visibility_timeout: Option<Duration>,
+    /// DRR quantum: deliveries per turn for a key of weight 1. `None` for
+    /// the broker default (1).
+    pub quantum: Option<u32>,
 }
 
 /// A queue and its counters.
@@ -79,6 +82,7 @@ pub struct QueueOptions {
 pub struct QueueInfo {
     pub name: String,
     pub visibility_timeout: Duration,
+    pub quantum: u32,
     pub depth: u64,
     pub in_flight: u64,
     pub consumers: u32,
@@ -88,10 +92,78 @@ impl From<pb::QueueInfo> for QueueInfo {
     fn from(q: pb::QueueInfo) -> Self {
         QueueInfo {
             name: q.name,
-            visibility_timeout: Duration::from_millis(q.settings.map_or(0, |s| s.visibility_timeout_ms)),
+            visibility_timeout: Duration::from_millis(q.settings.as_ref().map_or(0, |s| s.visibility_timeout_ms)),
+            quantum: q.settings.map_or(0, |s| s.quantum),
             depth: q.depth,
             in_flight: q.in_flight,
             consumers: q.consumers,
+        }
+    }
+}
+
+/// A throttle key's limit and live token bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleInfo {
+    pub key: String,
+    pub rate_per_second: f64,
+    pub burst: f64,
+    pub tokens: f64,
+    /// Deliveries held back by this key since the broker started.
+    pub blocked_count: u64,
+}
+
+impl From<pb::ThrottleInfo> for ThrottleInfo {
+    fn from(t: pb::ThrottleInfo) -> Self {
+        ThrottleInfo {
+            key: t.throttle_key,
+            rate_per_second: t.rate_per_second,
+            burst: t.burst,
+            tokens: t.tokens,
+            blocked_count: t.blocked_count,
+        }
+    }
+}
+
+/// Scheduling state of one fairness key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStats {
+    pub fairness_key: String,
+    pub pending: u64,
+    pub leased: u64,
+    pub weight: u32,
+    pub weight_overridden: bool,
+    pub deficit: u64,
+    pub throttled: bool,
+}
+
+/// A queue's counters and its busiest fairness keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: QueueInfo,
+    pub active_keys: u64,
+    pub tracked_keys: u64,
+    pub keys: Vec<KeyStats>,
+}
+
+impl From<pb::GetQueueStatsResponse> for QueueStats {
+    fn from(s: pb::GetQueueStatsResponse) -> Self {
+        QueueStats {
+            queue: s.queue.map(QueueInfo::from).unwrap_or_else(|| QueueInfo::from(pb::QueueInfo::default())),
+            active_keys: s.active_keys,
+            tracked_keys: s.tracked_keys,
+            keys: s
+                .keys
+                .into_iter()
+                .map(|k| KeyStats {
+                    fairness_key: k.fairness_key,
+                    pending: k.pending,
+                    leased: k.leased,
+                    weight: k.weight,
+                    weight_overridden: k.weight_overridden,
+                    deficit: k.deficit,
+                    throttled: k.throttled,
+                })
+                .collect(),
         }
     }
 }

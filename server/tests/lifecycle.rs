@@ -16,7 +16,7 @@ fn lease_opts(max_in_flight: u32) -> LeaseOptions {
 }
 
 fn visibility(ms: u64) -> QueueOptions {
-    QueueOptions { visibility_timeout: Some(Duration::from_millis(ms)) }
+    QueueOptions { visibility_timeout: Some(Duration::from_millis(ms)), ..Default::default() }
 }
 
 async fn depth(client: &fila_sdk::Client, queue: &str) -> (u64, u64) {

@@ -5,13 +5,12 @@
 //! instead of leaving it behind until it would have fired.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::consumers::ConsumerId;
-use crate::domain::{LeaseToken, MessageId};
+use crate::domain::{Lane, LeaseToken, MessageId};
 
 /// How many recent acks are remembered to answer a repeated ack of the same
 /// token with success.
@@ -20,7 +19,7 @@ pub const RECENT_ACKS_REMEMBERED: usize = 65_536;
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub token: LeaseToken,
-    pub fairness_key: Arc<str>,
+    pub lane: Lane,
     pub seq: u64,
     pub record: Bytes,
     pub consumer: ConsumerId,
@@ -77,7 +76,7 @@ impl LeaseTable {
         &mut self,
         queue: u64,
         message: MessageId,
-        fairness_key: Arc<str>,
+        lane: Lane,
         seq: u64,
         record: Bytes,
         consumer: ConsumerId,
@@ -88,7 +87,7 @@ impl LeaseTable {
         let token = LeaseToken { queue, message, lease: self.next_lease };
         let deadline = now + granted_for;
         self.deadlines.insert((deadline, token.lease), message);
-        let lease = Lease { token, fairness_key, seq, record, consumer, deadline, granted_for };
+        let lease = Lease { token, lane, seq, record, consumer, deadline, granted_for };
         self.by_message.insert(message, lease);
         &self.by_message[&message]
     }
@@ -159,7 +158,9 @@ mod tests {
     use super::*;
 
     fn grant(table: &mut LeaseTable, id: MessageId, ms: u64, now: Instant) -> LeaseToken {
-        table.grant(1, id, "k".into(), 1, Bytes::new(), 7, Duration::from_millis(ms), now).token
+        table
+            .grant(1, id, Lane::new("k".into(), Default::default()), 1, Bytes::new(), 7, Duration::from_millis(ms), now)
+            .token
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! Nothing is answered or delivered before it is durable.
 
 mod consumers;
+pub mod drr;
 mod leases;
 mod queue_state;
 mod scheduler;
+pub mod throttle;
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -22,15 +24,21 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 pub use consumers::{ConsumerEvent, ConsumerId, DEFAULT_WINDOW, MAX_WINDOW};
 pub use leases::RECENT_ACKS_REMEMBERED;
 
-use crate::domain::queue::visibility_timeout_from_ms;
+use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_WEIGHT};
+use crate::domain::queue::{quantum_from_wire, visibility_timeout_from_ms};
+use crate::domain::throttle::parse_throttle_key;
 use crate::domain::{
-    BrokerError, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ValidationError,
+    BrokerError, Lane, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ThrottleLimit, ThrottleSet,
+    ValidationError,
 };
 use crate::storage::Store;
 use scheduler::{Command, Scheduler};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Fairness keys listed in queue stats unless the caller asks otherwise.
+pub const DEFAULT_STATS_KEYS: u32 = 100;
+pub const MAX_STATS_KEYS: u32 = 10_000;
 
 /// A message leased to a consumer, as pushed on its stream.
 #[derive(Debug, Clone)]
@@ -52,6 +60,54 @@ pub struct QueueInfo {
     pub depth: u64,
     pub in_flight: u64,
     pub consumers: u32,
+}
+
+/// Scheduling state of one active fairness key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStats {
+    pub fairness_key: String,
+    /// Ready messages.
+    pub pending: u64,
+    /// Messages leased and not yet acknowledged.
+    pub leased: u64,
+    /// The weight DRR uses now.
+    pub weight: u32,
+    /// Whether `weight` comes from an operator override.
+    pub weight_overridden: bool,
+    /// Deliveries left in the key's current DRR turn (0 between turns).
+    pub deficit: u64,
+    /// Whether every ready message of the key waits for a throttle.
+    pub throttled: bool,
+}
+
+/// A queue's counters and its busiest fairness keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub info: QueueInfo,
+    /// Fairness keys with ready messages.
+    pub active_keys: u64,
+    /// Fairness keys with ready or leased messages.
+    pub tracked_keys: u64,
+    /// Up to the requested number of keys, most pending first.
+    pub keys: Vec<KeyStats>,
+}
+
+/// A throttle key's limit and live bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleInfo {
+    pub key: String,
+    pub limit: ThrottleLimit,
+    pub tokens: f64,
+    /// Times a delivery was held back because this bucket was empty, since
+    /// the broker started.
+    pub blocked: u64,
+}
+
+/// One page of throttles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottlePage {
+    pub throttles: Vec<ThrottleInfo>,
+    pub next_after: Option<String>,
 }
 
 /// One page of queues.
@@ -146,9 +202,10 @@ impl Broker {
                 let m = m.validate(&self.options.limits)?;
                 let queue = QueueName::parse(&m.queue)?;
                 let id = MessageId::generate();
-                let fairness_key = m.fairness_key.clone();
+                let lane = Lane::new(m.fairness_key.as_str().into(), ThrottleSet::new(&m.throttle_keys));
+                let weight = m.weight;
                 let record = m.into_record(id, now).encode_bytes();
-                Ok(scheduler::PreparedMessage { queue, fairness_key, id, record })
+                Ok(scheduler::PreparedMessage { queue, lane, weight, id, record })
             })
             .collect();
         self.ask(|reply| Command::Enqueue { items, reply }).await
@@ -228,7 +285,12 @@ impl Broker {
         self.ask(|reply| Command::Extend { items, reply }).await
     }
 
-    pub async fn create_queue(&self, name: &str, visibility_timeout_ms: u64) -> Result<QueueInfo, BrokerError> {
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        visibility_timeout_ms: u64,
+        quantum: u32,
+    ) -> Result<QueueInfo, BrokerError> {
         let name = QueueName::parse_for_create(name)?;
         let settings = QueueSettings {
             visibility_timeout: visibility_timeout_from_ms(
@@ -236,6 +298,7 @@ impl Broker {
                 visibility_timeout_ms,
                 crate::domain::queue::DEFAULT_VISIBILITY_TIMEOUT,
             )?,
+            quantum: quantum_from_wire(quantum)?,
         };
         self.ask(|reply| Command::CreateQueue { name, settings, reply }).await?
     }
@@ -248,15 +311,57 @@ impl Broker {
 
     /// Lists queues in name order, starting after `after`.
     pub async fn list_queues(&self, after: Option<String>, page_size: u32) -> Result<QueuePage, BrokerError> {
-        let limit = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            1..=MAX_PAGE_SIZE => page_size,
-            _ => return Err(ValidationError::PageSizeOutOfRange { value: page_size, max: MAX_PAGE_SIZE }.into()),
-        } as usize;
+        let limit = page_limit(page_size)?;
         if let Some(token) = &after {
             QueueName::parse(token).map_err(|_| ValidationError::BadPageToken { token: token.clone() })?;
         }
         self.ask(|reply| Command::ListQueues { after, limit, reply }).await
+    }
+
+    /// Sets (or changes) the limit of a throttle key; takes effect at once.
+    pub async fn set_throttle(&self, key: &str, rate_per_second: f64, burst: f64) -> Result<ThrottleInfo, BrokerError> {
+        let key = parse_throttle_key(key)?.to_owned();
+        let limit = ThrottleLimit::new(rate_per_second, burst)?;
+        self.ask(|reply| Command::SetThrottle { key, limit, reply }).await?
+    }
+
+    /// Removes a throttle key's limit: the key becomes unlimited.
+    pub async fn remove_throttle(&self, key: &str) -> Result<(), BrokerError> {
+        let key = parse_throttle_key(key)?.to_owned();
+        self.ask(|reply| Command::RemoveThrottle { key, reply }).await?
+    }
+
+    /// Lists throttle keys with limits, in name order, starting after `after`.
+    pub async fn list_throttles(&self, after: Option<String>, page_size: u32) -> Result<ThrottlePage, BrokerError> {
+        let limit = page_limit(page_size)?;
+        self.ask(|reply| Command::ListThrottles { after, limit, reply }).await
+    }
+
+    /// Overrides the weight of a fairness key (`None` removes the override,
+    /// so message weights apply again).
+    pub async fn set_fairness_weight(&self, queue: &str, key: &str, weight: Option<u32>) -> Result<(), BrokerError> {
+        let queue = QueueName::parse(queue)?;
+        if key.is_empty() || key.len() > MAX_FAIRNESS_KEY_BYTES {
+            return Err(ValidationError::BadFairnessKey { max: MAX_FAIRNESS_KEY_BYTES }.into());
+        }
+        if let Some(w) = weight {
+            if w == 0 || w > MAX_WEIGHT {
+                return Err(ValidationError::WeightOutOfRange { weight: w, max: MAX_WEIGHT }.into());
+            }
+        }
+        let key = key.to_owned();
+        self.ask(|reply| Command::SetWeight { queue, key, weight, reply }).await?
+    }
+
+    /// A queue's counters and up to `max_keys` of its busiest fairness keys.
+    pub async fn queue_stats(&self, queue: &str, max_keys: u32) -> Result<QueueStats, BrokerError> {
+        let queue = QueueName::parse(queue)?;
+        let max_keys = match max_keys {
+            0 => DEFAULT_STATS_KEYS,
+            1..=MAX_STATS_KEYS => max_keys,
+            _ => return Err(ValidationError::PageSizeOutOfRange { value: max_keys, max: MAX_STATS_KEYS }.into()),
+        } as usize;
+        self.ask(|reply| Command::QueueStats { queue, max_keys, reply }).await?
     }
 
     /// Ends every delivery stream and refuses new ones: the first step of a
@@ -268,5 +373,14 @@ impl Broker {
     /// Finishes pending work, makes it durable and stops the scheduler.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
         self.ask(|reply| Command::Shutdown { reply }).await?
+    }
+}
+
+/// Checks a wire page size (0 = the default).
+fn page_limit(page_size: u32) -> Result<usize, BrokerError> {
+    match page_size {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        1..=MAX_PAGE_SIZE => Ok(page_size as usize),
+        _ => Err(ValidationError::PageSizeOutOfRange { value: page_size, max: MAX_PAGE_SIZE }.into()),
     }
 }

@@ -1,7 +1,8 @@
-//! In-memory state of one queue: its fairness keys, the rotation of keys
-//! with ready messages, and the consumers waiting for work.
+//! In-memory state of one queue: its fairness keys and their lanes, the DRR
+//! rotation of keys with deliverable messages, and the consumers waiting for
+//! work.
 //!
-//! Messages themselves stay in storage. Per fairness key the scheduler keeps
+//! Messages themselves stay in storage. Per lane the scheduler keeps
 //! counters, a cursor (the highest sequence already taken from storage) and
 //! a small read-ahead buffer, so memory grows with active keys and leases,
 //! not with queue depth.
@@ -10,13 +11,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::consumers::ConsumerId;
+use super::drr::{Credit, Drr};
+use crate::domain::{Lane, ThrottleSet};
 use crate::storage::{QueueDef, StoredMessage};
 
-#[derive(Debug, Default)]
-pub struct KeyState {
+#[derive(Debug)]
+pub struct LaneState {
+    pub lane: Lane,
     /// Ready messages (buffered or still only in storage).
     pub pending: u64,
-    /// Messages of this key currently leased.
+    /// Messages of this lane currently leased.
     pub leased: u64,
     /// Highest sequence read from storage. Ready messages in storage all have
     /// a higher sequence: retried messages are re-sequenced at the tail.
@@ -25,14 +29,54 @@ pub struct KeyState {
     pub buffer: VecDeque<StoredMessage>,
 }
 
+#[derive(Debug)]
+pub struct KeyState {
+    pub pending: u64,
+    pub leased: u64,
+    /// Weight of the newest message that set one; 1 until one does.
+    pub message_weight: u32,
+    pub credit: Credit,
+    /// While every ready message of the key waits for a throttle, the key is
+    /// out of the rotation and parked under this ticket until a refill.
+    pub parked: Option<u64>,
+    /// Usually one lane (all messages with the same throttle keys).
+    pub lanes: Vec<LaneState>,
+}
+
+impl Default for KeyState {
+    fn default() -> Self {
+        KeyState {
+            pending: 0,
+            leased: 0,
+            message_weight: 1,
+            credit: Credit::default(),
+            parked: None,
+            lanes: Vec::new(),
+        }
+    }
+}
+
+impl KeyState {
+    pub fn lane_mut(&mut self, throttle: &ThrottleSet) -> Option<&mut LaneState> {
+        self.lanes.iter_mut().find(|l| l.lane.throttle == *throttle)
+    }
+
+    /// Whether the key is (or should be) in the rotation.
+    fn deliverable(&self) -> bool {
+        self.pending > 0 && self.parked.is_none()
+    }
+}
+
 pub struct QueueState {
     pub def: QueueDef,
     pub name: Arc<str>,
     /// Keys with ready or leased messages. A key with neither has no entry:
-    /// with nothing of it in storage, its cursor no longer matters.
+    /// with nothing of it in storage, its cursors no longer matter.
     pub keys: HashMap<Arc<str>, KeyState>,
-    /// Keys with ready messages, in service order (round robin).
-    pub rotation: VecDeque<Arc<str>>,
+    /// Keys with deliverable messages, in DRR service order.
+    pub drr: Drr<Arc<str>>,
+    /// Operator overrides of key weights; they win over message weights.
+    pub weight_overrides: HashMap<Arc<str>, u32>,
     /// Consumers with room in their window, in service order.
     pub waiting_consumers: VecDeque<ConsumerId>,
     pub consumers: u32,
@@ -44,9 +88,10 @@ impl QueueState {
     pub fn new(def: QueueDef) -> Self {
         QueueState {
             name: Arc::from(def.name.as_str()),
+            drr: Drr::new(def.settings.quantum),
             def,
             keys: HashMap::new(),
-            rotation: VecDeque::new(),
+            weight_overrides: HashMap::new(),
             waiting_consumers: VecDeque::new(),
             consumers: 0,
             pending: 0,
@@ -54,38 +99,83 @@ impl QueueState {
         }
     }
 
-    /// Interns a fairness key, so leases and the rotation share one copy.
-    pub fn intern_key(&mut self, key: &str) -> Arc<str> {
-        match self.keys.get_key_value(key) {
+    /// The weight DRR uses for `key`.
+    pub fn weight_of(&self, key: &str, state: &KeyState) -> u32 {
+        self.weight_overrides.get(key).copied().unwrap_or(state.message_weight)
+    }
+
+    /// Records `count` new ready messages of a lane (committed to storage
+    /// before they are read). `weight` is the weight they were sent with, if
+    /// any. Returns the interned fairness key.
+    pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> Arc<str> {
+        let key = match self.keys.get_key_value(&*lane.fairness_key) {
             Some((k, _)) => Arc::clone(k),
             None => {
-                let k: Arc<str> = Arc::from(key);
+                let k = Arc::clone(&lane.fairness_key);
                 self.keys.insert(Arc::clone(&k), KeyState::default());
                 k
             }
+        };
+        let state = self.keys.get_mut(&key).expect("just interned");
+        let was_in_rotation = state.deliverable();
+        match state.lane_mut(&lane.throttle) {
+            Some(l) => l.pending += count,
+            None => state.lanes.push(LaneState {
+                lane: Lane::new(Arc::clone(&key), lane.throttle.clone()),
+                pending: count,
+                leased: 0,
+                cursor: 0,
+                buffer: VecDeque::new(),
+            }),
         }
-    }
-
-    /// Records `count` new ready messages of a key (committed to storage
-    /// before they are read).
-    pub fn add_ready(&mut self, key: &Arc<str>, count: u64) {
-        let state = self.keys.entry(Arc::clone(key)).or_default();
-        if state.pending == 0 && count > 0 {
-            self.rotation.push_back(Arc::clone(key));
+        if let Some(w) = weight {
+            state.message_weight = w;
         }
         state.pending += count;
         self.pending += count;
+        // New work may not be throttled: a parked key gets another look.
+        state.parked = None;
+        if !was_in_rotation && state.deliverable() {
+            self.drr.join(Arc::clone(&key));
+        }
+        key
     }
 
-    /// Records that a lease of `key` ended; forgets the key once nothing of
-    /// it is left.
-    pub fn lease_ended(&mut self, key: &str) {
+    /// Puts a parked key back into the rotation if its ticket is current.
+    pub fn unpark(&mut self, key: &str, ticket: u64) -> bool {
+        let Some((k, _)) = self.keys.get_key_value(key) else { return false };
+        let k = Arc::clone(k);
+        let state = self.keys.get_mut(key).expect("looked up above");
+        if state.parked != Some(ticket) {
+            return false;
+        }
+        state.parked = None;
+        if state.pending > 0 {
+            self.drr.join(k);
+        }
+        true
+    }
+
+    /// Records that a lease of `lane` ended; forgets the lane and the key
+    /// once nothing of them is left.
+    pub fn lease_ended(&mut self, lane: &Lane) {
         self.in_flight -= 1;
-        if let Some(state) = self.keys.get_mut(key) {
-            state.leased -= 1;
-            if state.leased == 0 && state.pending == 0 {
-                self.keys.remove(key);
+        let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return };
+        state.leased -= 1;
+        if let Some(i) = state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
+            let l = &mut state.lanes[i];
+            l.leased -= 1;
+            if l.leased == 0 && l.pending == 0 {
+                state.lanes.swap_remove(i);
             }
+        }
+        self.forget_if_idle(&lane.fairness_key);
+    }
+
+    /// Drops a key with no ready and no leased messages.
+    pub fn forget_if_idle(&mut self, key: &str) {
+        if self.keys.get(key).is_some_and(|s| s.pending == 0 && s.leased == 0) {
+            self.keys.remove(key);
         }
     }
 
@@ -103,29 +193,51 @@ mod tests {
         QueueState::new(QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default() })
     }
 
+    fn lane(key: &str, throttle: &[&str]) -> Lane {
+        Lane::new(Arc::from(key), ThrottleSet::new(throttle))
+    }
+
     #[test]
     fn a_key_joins_the_rotation_once_when_it_gets_work() {
         let mut q = queue();
-        let a = q.intern_key("a");
-        q.add_ready(&a, 2);
-        q.add_ready(&a, 1);
-        assert_eq!(q.rotation.len(), 1);
-        assert_eq!((q.pending, q.keys["a"].pending), (3, 3));
+        q.add_ready(&lane("a", &[]), 2, None);
+        q.add_ready(&lane("a", &["x"]), 1, Some(3));
+        assert_eq!(q.drr.len(), 1);
+        assert_eq!((q.pending, q.keys["a"].pending, q.keys["a"].lanes.len()), (3, 3, 2));
+        assert_eq!(q.weight_of("a", &q.keys["a"]), 3);
+        q.weight_overrides.insert("a".into(), 7);
+        assert_eq!(q.weight_of("a", &q.keys["a"]), 7);
     }
 
     #[test]
     fn a_key_is_forgotten_when_nothing_of_it_remains() {
         let mut q = queue();
-        let a = q.intern_key("a");
-        q.add_ready(&a, 1);
+        let l = lane("a", &[]);
+        q.add_ready(&l, 1, None);
         let state = q.keys.get_mut("a").unwrap();
         state.pending -= 1;
         state.leased += 1;
+        state.lanes[0].pending -= 1;
+        state.lanes[0].leased += 1;
         q.pending -= 1;
         q.in_flight += 1;
-        q.rotation.pop_front();
-        q.lease_ended("a");
+        q.drr.leave_front(&mut state.credit);
+        q.lease_ended(&l);
         assert!(q.keys.is_empty());
         assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn new_work_unparks_a_key() {
+        let mut q = queue();
+        q.add_ready(&lane("a", &["x"]), 1, None);
+        let state = q.keys.get_mut("a").unwrap();
+        q.drr.leave_front(&mut state.credit);
+        state.parked = Some(9);
+        assert!(q.drr.is_empty());
+        q.add_ready(&lane("a", &[]), 1, None);
+        assert_eq!(q.drr.len(), 1);
+        assert!(!q.unpark("a", 9), "the old ticket is stale");
+        assert_eq!(q.drr.len(), 1);
     }
 }

@@ -12,11 +12,13 @@ use tokio::sync::oneshot;
 
 use super::consumers::{Consumer, ConsumerEvent, ConsumerId};
 use super::leases::{Lease, LeaseTable, TokenState};
-use super::queue_state::QueueState;
-use super::{Delivery, QueueInfo, QueuePage};
+use super::queue_state::{KeyState, QueueState};
+use super::throttle::Throttles;
+use super::{Delivery, KeyStats, QueueInfo, QueuePage, QueueStats, ThrottleInfo, ThrottlePage};
 use crate::domain::message::MessageRecord;
 use crate::domain::{
-    BrokerError, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
+    BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
+    ThrottleError, ThrottleLimit,
 };
 use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
 
@@ -35,7 +37,9 @@ const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// A validated message ready to be stored.
 pub struct PreparedMessage {
     pub queue: QueueName,
-    pub fairness_key: String,
+    pub lane: Lane,
+    /// As sent by the producer; 0 = none.
+    pub weight: u32,
     pub id: MessageId,
     pub record: Bytes,
 }
@@ -83,6 +87,31 @@ pub enum Command {
         limit: usize,
         reply: Reply<QueuePage>,
     },
+    SetThrottle {
+        key: String,
+        limit: ThrottleLimit,
+        reply: Reply<Result<ThrottleInfo, BrokerError>>,
+    },
+    RemoveThrottle {
+        key: String,
+        reply: Reply<Result<(), BrokerError>>,
+    },
+    ListThrottles {
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<ThrottlePage>,
+    },
+    SetWeight {
+        queue: QueueName,
+        key: String,
+        weight: Option<u32>,
+        reply: Reply<Result<(), BrokerError>>,
+    },
+    QueueStats {
+        queue: QueueName,
+        max_keys: usize,
+        reply: Reply<Result<QueueStats, BrokerError>>,
+    },
     CloseStreams {
         reply: Reply<()>,
     },
@@ -109,6 +138,12 @@ impl<T: Outcome> Outcome for Vec<T> {
 }
 
 impl Outcome for QueuePage {
+    fn fail(self, _: &BrokerError) -> Self {
+        self
+    }
+}
+
+impl Outcome for ThrottlePage {
     fn fail(self, _: &BrokerError) -> Self {
         self
     }
@@ -157,6 +192,10 @@ pub struct Scheduler<S: Store> {
     next_queue_id: QueueId,
     next_consumer: ConsumerId,
     buffered_bytes: usize,
+    throttles: Throttles,
+    /// Keys waiting for a throttle refill: (wake-up, ticket) → (queue, key).
+    parked: BTreeMap<(Instant, u64), (QueueId, Arc<str>)>,
+    next_ticket: u64,
     closing: bool,
 }
 
@@ -176,6 +215,9 @@ impl<S: Store> Scheduler<S> {
             next_queue_id: recovered.next_queue_id,
             next_consumer: 1,
             buffered_bytes: 0,
+            throttles: Throttles::default(),
+            parked: BTreeMap::new(),
+            next_ticket: 1,
             closing: false,
         };
         for def in recovered.queues {
@@ -183,15 +225,36 @@ impl<S: Store> Scheduler<S> {
             scheduler.queues.insert(def.id, QueueState::new(def));
         }
         let mut messages = 0;
-        for key in recovered.keys {
-            match scheduler.queues.get_mut(&key.queue) {
+        // The newest weighted message of each key sets its weight.
+        let mut latest_weights: HashMap<(QueueId, Arc<str>), (u64, u32)> = HashMap::new();
+        for lane in recovered.lanes {
+            match scheduler.queues.get_mut(&lane.queue) {
                 Some(queue) => {
-                    let k = queue.intern_key(&key.fairness_key);
-                    queue.add_ready(&k, key.pending);
-                    messages += key.pending;
+                    let key = queue.add_ready(&lane.lane, lane.pending, None);
+                    messages += lane.pending;
+                    if let Some((seq, weight)) = lane.latest_weight {
+                        let latest = latest_weights.entry((lane.queue, key)).or_insert((seq, weight));
+                        if seq > latest.0 {
+                            *latest = (seq, weight);
+                        }
+                    }
                 }
-                None => tracing::warn!(queue_id = key.queue, "stored messages of an unknown queue are ignored"),
+                None => tracing::warn!(queue_id = lane.queue, "stored messages of an unknown queue are ignored"),
             }
+        }
+        for ((queue, key), (_, weight)) in latest_weights {
+            if let Some(state) = scheduler.queues.get_mut(&queue).and_then(|q| q.keys.get_mut(&key)) {
+                state.message_weight = weight;
+            }
+        }
+        for (queue, key, weight) in recovered.weights {
+            if let Some(q) = scheduler.queues.get_mut(&queue) {
+                q.weight_overrides.insert(Arc::from(key), weight);
+            }
+        }
+        let now = Instant::now();
+        for (key, limit) in recovered.throttles {
+            scheduler.throttles.set(&key, limit, now);
         }
         tracing::info!(queues = scheduler.queues.len(), messages, "recovered state from storage");
         Ok(scheduler)
@@ -235,7 +298,12 @@ impl<S: Store> Scheduler<S> {
 
     /// Waits for a command or the next lease deadline.
     fn wait(&self, inbox: &Receiver<Command>) -> Wake {
-        let received = match self.leases.next_deadline() {
+        let next_unpark = self.parked.first_key_value().map(|(&(at, _), _)| at);
+        let next = match (self.leases.next_deadline(), next_unpark) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let received = match next {
             Some(deadline) => match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => return Wake::Deadline,
                 other => other.ok(),
@@ -252,6 +320,7 @@ impl<S: Store> Scheduler<S> {
         let wall = SystemTime::now();
         let mut round = Round::default();
         self.expire_leases(now, &mut round);
+        self.wake_parked(now);
         let mut shutdown = None;
         for command in commands {
             match command {
@@ -325,6 +394,26 @@ impl<S: Store> Scheduler<S> {
                 let page = self.list_queues(after, limit);
                 round.answer(reply, page);
             }
+            Command::SetThrottle { key, limit, reply } => {
+                let info = self.set_throttle(key, limit, now, round);
+                round.answer(reply, Ok(info));
+            }
+            Command::RemoveThrottle { key, reply } => {
+                let result = self.remove_throttle(key, round);
+                round.answer(reply, result);
+            }
+            Command::ListThrottles { after, limit, reply } => {
+                let page = self.list_throttles(after, limit, now);
+                round.answer(reply, page);
+            }
+            Command::SetWeight { queue, key, weight, reply } => {
+                let result = self.set_weight(&queue, key, weight, round);
+                round.answer(reply, result);
+            }
+            Command::QueueStats { queue, max_keys, reply } => {
+                let result = self.queue_stats(&queue, max_keys);
+                round.answer(reply, result);
+            }
             Command::CloseStreams { reply } => {
                 self.closing = true;
                 self.close_all_streams(BrokerError::ShuttingDown);
@@ -347,18 +436,18 @@ impl<S: Store> Scheduler<S> {
     fn enqueue(&mut self, message: PreparedMessage, round: &mut Round) -> Result<MessageId, BrokerError> {
         let queue_id = self.queue_id(&message.queue)?;
         let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
-        let key = queue.intern_key(&message.fairness_key);
         let seq = self.next_seq;
         self.next_seq += 1;
+        queue.add_ready(&message.lane, 1, (message.weight > 0).then_some(message.weight));
         round.changes.push(Change::PutMessage {
             queue: queue_id,
-            fairness_key: Arc::clone(&key),
+            lane: message.lane,
             seq,
             id: message.id,
+            weight: message.weight,
             record: message.record,
         });
         round.changes.needs_sync = true;
-        queue.add_ready(&key, 1);
         Self::mark_dirty(&mut self.dirty, queue_id);
         Ok(message.id)
     }
@@ -434,7 +523,7 @@ impl<S: Store> Scheduler<S> {
         let lease = self.take_lease(&token)?;
         round.changes.push(Change::DeleteMessage {
             queue: token.queue,
-            fairness_key: Arc::clone(&lease.fairness_key),
+            lane: lease.lane.clone(),
             seq: lease.seq,
             id: token.message,
         });
@@ -469,19 +558,20 @@ impl<S: Store> Scheduler<S> {
         self.next_seq += 1;
         round.changes.push(Change::DeleteMessage {
             queue: queue_id,
-            fairness_key: Arc::clone(&lease.fairness_key),
+            lane: lease.lane.clone(),
             seq: lease.seq,
             id: lease.token.message,
         });
         round.changes.push(Change::PutMessage {
             queue: queue_id,
-            fairness_key: Arc::clone(&lease.fairness_key),
+            lane: lease.lane.clone(),
             seq,
             id: lease.token.message,
+            weight: record.weight,
             record: record.encode_bytes(),
         });
         if let Some(queue) = self.queues.get_mut(&queue_id) {
-            queue.add_ready(&lease.fairness_key, 1);
+            queue.add_ready(&lease.lane, 1, None);
         }
         self.lease_ended(&lease);
         Ok(())
@@ -490,7 +580,7 @@ impl<S: Store> Scheduler<S> {
     /// Bookkeeping when a lease ends for any reason.
     fn lease_ended(&mut self, lease: &Lease) {
         let Some(queue) = self.queues.get_mut(&lease.token.queue) else { return };
-        queue.lease_ended(&lease.fairness_key);
+        queue.lease_ended(&lease.lane);
         if let Some(consumer) = self.consumers.get_mut(&lease.consumer) {
             let was_full = !consumer.has_room();
             consumer.in_flight -= 1;
@@ -554,7 +644,8 @@ impl<S: Store> Scheduler<S> {
         let id = self.queue_id(name)?;
         self.names.remove(name.as_str());
         let queue = self.queues.remove(&id).expect("named queues exist");
-        self.buffered_bytes -= queue.keys.values().flat_map(|k| &k.buffer).map(|m| m.record.len()).sum::<usize>();
+        self.buffered_bytes -=
+            queue.keys.values().flat_map(|k| &k.lanes).flat_map(|l| &l.buffer).map(|m| m.record.len()).sum::<usize>();
         self.leases.remove_queue(id);
         let closed: Vec<ConsumerId> =
             self.consumers.iter().filter(|(_, c)| c.queue == id).map(|(&cid, _)| cid).collect();
@@ -584,13 +675,128 @@ impl<S: Store> Scheduler<S> {
         QueuePage { queues, next_after }
     }
 
-    /// Hands ready messages to consumers with room, keys in round-robin
-    /// order, consumers in turn.
+    /// Wakes keys whose throttle wait is over.
+    fn wake_parked(&mut self, now: Instant) {
+        while let Some(entry) = self.parked.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, ticket), (queue_id, key)) = entry.remove_entry();
+            if let Some(queue) = self.queues.get_mut(&queue_id) {
+                if queue.unpark(&key, ticket) {
+                    Self::mark_dirty(&mut self.dirty, queue_id);
+                }
+            }
+        }
+    }
+
+    /// Gives every parked key another look (after a limit changed).
+    fn wake_all_parked(&mut self) {
+        for ((_, ticket), (queue_id, key)) in std::mem::take(&mut self.parked) {
+            if let Some(queue) = self.queues.get_mut(&queue_id) {
+                if queue.unpark(&key, ticket) {
+                    Self::mark_dirty(&mut self.dirty, queue_id);
+                }
+            }
+        }
+    }
+
+    fn set_throttle(&mut self, key: String, limit: ThrottleLimit, now: Instant, round: &mut Round) -> ThrottleInfo {
+        self.throttles.set(&key, limit, now);
+        round.changes.push(Change::PutThrottle { key: key.clone(), limit });
+        round.changes.needs_sync = true;
+        self.wake_all_parked();
+        let bucket = self.throttles.get_mut(&key).expect("just set");
+        ThrottleInfo { tokens: bucket.tokens(now), blocked: bucket.blocked(), limit, key }
+    }
+
+    fn remove_throttle(&mut self, key: String, round: &mut Round) -> Result<(), BrokerError> {
+        if !self.throttles.remove(&key) {
+            return Err(ThrottleError::NotFound(key).into());
+        }
+        round.changes.push(Change::DeleteThrottle { key });
+        round.changes.needs_sync = true;
+        self.wake_all_parked();
+        Ok(())
+    }
+
+    fn list_throttles(&mut self, after: Option<String>, limit: usize, now: Instant) -> ThrottlePage {
+        let mut throttles: Vec<ThrottleInfo> = self
+            .throttles
+            .iter_mut()
+            .filter(|(key, _)| after.as_deref().is_none_or(|a| &***key > a))
+            .map(|(key, bucket)| ThrottleInfo {
+                key: key.to_string(),
+                limit: bucket.limit(),
+                tokens: bucket.tokens(now),
+                blocked: bucket.blocked(),
+            })
+            .collect();
+        throttles.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let more = throttles.len() > limit;
+        throttles.truncate(limit);
+        let next_after = if more { throttles.last().map(|t| t.key.clone()) } else { None };
+        ThrottlePage { throttles, next_after }
+    }
+
+    fn set_weight(
+        &mut self,
+        queue: &QueueName,
+        key: String,
+        weight: Option<u32>,
+        round: &mut Round,
+    ) -> Result<(), BrokerError> {
+        let queue_id = self.queue_id(queue)?;
+        let state = self.queues.get_mut(&queue_id).expect("named queues exist");
+        match weight {
+            Some(weight) => {
+                state.weight_overrides.insert(Arc::from(key.as_str()), weight);
+                round.changes.push(Change::PutWeight { queue: queue_id, fairness_key: key, weight });
+            }
+            None => {
+                state.weight_overrides.remove(key.as_str());
+                round.changes.push(Change::DeleteWeight { queue: queue_id, fairness_key: key });
+            }
+        }
+        round.changes.needs_sync = true;
+        Ok(())
+    }
+
+    fn queue_stats(&self, queue: &QueueName, max_keys: usize) -> Result<QueueStats, BrokerError> {
+        let queue = &self.queues[&self.queue_id(queue)?];
+        let mut keys: Vec<KeyStats> = queue
+            .keys
+            .iter()
+            .map(|(key, state)| KeyStats {
+                fairness_key: key.to_string(),
+                pending: state.pending,
+                leased: state.leased,
+                weight: queue.weight_of(key, state),
+                weight_overridden: queue.weight_overrides.contains_key(key),
+                deficit: state.credit.deficit,
+                throttled: state.parked.is_some(),
+            })
+            .collect();
+        let active_keys = keys.iter().filter(|k| k.pending > 0).count() as u64;
+        let tracked_keys = keys.len() as u64;
+        let by_pending =
+            |a: &KeyStats, b: &KeyStats| b.pending.cmp(&a.pending).then_with(|| a.fairness_key.cmp(&b.fairness_key));
+        if keys.len() > max_keys {
+            keys.select_nth_unstable_by(max_keys, by_pending);
+            keys.truncate(max_keys);
+        }
+        keys.sort_unstable_by(by_pending);
+        Ok(QueueStats { info: Self::info(queue), active_keys, tracked_keys, keys })
+    }
+
+    /// Hands ready messages to consumers with room: keys in DRR order,
+    /// within a key the oldest message whose throttle keys all have a token,
+    /// consumers in turn.
     fn dispatch(&mut self, queue_id: QueueId, now: Instant, wall: SystemTime) -> Result<(), StorageError> {
-        let Scheduler { queues, consumers, leases, store, buffered_bytes, .. } = self;
+        let Scheduler { queues, consumers, leases, store, buffered_bytes, throttles, parked, next_ticket, .. } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
         let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
-        while let Some(key) = queue.rotation.front().cloned() {
+        while let Some(key) = queue.drr.front().cloned() {
             let Some(&consumer_id) = queue.waiting_consumers.front() else { break };
             let consumer = match consumers.get_mut(&consumer_id) {
                 Some(c) if c.is_connected() && c.has_room() => c,
@@ -599,41 +805,47 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
             };
-            let key_state = queue.keys.get_mut(&key).expect("keys in rotation have state");
-            if key_state.buffer.is_empty() {
-                let want =
-                    if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { key_state.pending.min(READ_AHEAD) } else { 1 };
-                let mut read: Vec<StoredMessage> = Vec::with_capacity(want as usize);
-                store.read_ready(queue_id, &key, key_state.cursor, want as usize, &mut read)?;
-                *buffered_bytes += read.iter().map(|m| m.record.len()).sum::<usize>();
-                if let Some(last) = read.last() {
-                    key_state.cursor = last.seq;
-                }
-                key_state.buffer.extend(read);
-            }
-            let Some(message) = key_state.buffer.pop_front() else {
-                tracing::warn!(queue = %queue.name, key = %key, counted = key_state.pending,
+            let weight = queue.weight_of(&key, &queue.keys[&key]);
+            let key_state = queue.keys.get_mut(&key).expect("keys in the rotation have state");
+            queue.drr.start_turn(&mut key_state.credit, weight);
+            let mut miscounted = 0;
+            let pick = pick_lane(queue_id, key_state, &*store, throttles, buffered_bytes, now, &mut miscounted)?;
+            if miscounted > 0 {
+                tracing::warn!(queue = %queue.name, key = %key, miscounted,
                     "storage holds fewer ready messages than counted; correcting the count");
-                queue.pending -= key_state.pending;
-                key_state.pending = 0;
-                queue.rotation.pop_front();
-                if key_state.leased == 0 {
-                    queue.keys.remove(&key);
+                queue.pending -= miscounted;
+            }
+            let lane_index = match pick {
+                Pick::Lane(i) => i,
+                Pick::Throttled(wait) => {
+                    queue.drr.leave_front(&mut key_state.credit);
+                    let ticket = *next_ticket;
+                    *next_ticket += 1;
+                    key_state.parked = Some(ticket);
+                    parked.insert((now + wait, ticket), (queue_id, key));
+                    continue;
                 }
-                continue;
+                Pick::Nothing => {
+                    queue.drr.leave_front(&mut key_state.credit);
+                    queue.forget_if_idle(&key);
+                    continue;
+                }
             };
+            let lane = &mut key_state.lanes[lane_index];
+            throttles.take(lane.lane.throttle.keys());
+            let message = lane.buffer.pop_front().expect("picked lanes have a buffered head");
             *buffered_bytes -= message.record.len();
+            lane.pending -= 1;
+            lane.leased += 1;
+            let lane_id = lane.lane.clone();
             key_state.pending -= 1;
             key_state.leased += 1;
             queue.pending -= 1;
             queue.in_flight += 1;
-            if key_state.pending == 0 {
-                queue.rotation.pop_front();
-            } else {
-                queue.rotation.rotate_left(1);
-            }
+            queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
-            let lease = leases.grant(queue_id, message.id, key, message.seq, message.record, consumer_id, timeout, now);
+            let lease =
+                leases.grant(queue_id, message.id, lane_id, message.seq, message.record, consumer_id, timeout, now);
             let delivery = Delivery {
                 queue: Arc::clone(&queue.name),
                 record: lease.record.clone(),
@@ -668,6 +880,70 @@ impl<S: Store> Scheduler<S> {
         }
         Ok(())
     }
+}
+
+/// What a key can deliver now.
+enum Pick {
+    /// The lane (index) with the oldest message whose throttles allow it.
+    Lane(usize),
+    /// Every ready message waits for a throttle; the earliest can go after
+    /// this long.
+    Throttled(Duration),
+    /// Nothing is ready after all: storage held fewer messages than counted.
+    Nothing,
+}
+
+/// Chooses the lane a key delivers from: lanes are merged by arrival order,
+/// skipping lanes whose throttle keys lack a token. Reads ahead from storage
+/// for lanes whose buffer is empty. Lanes with fewer stored messages than
+/// counted are corrected, adding the difference to `miscounted`.
+fn pick_lane<S: Store>(
+    queue_id: QueueId,
+    key: &mut KeyState,
+    store: &S,
+    throttles: &mut Throttles,
+    buffered_bytes: &mut usize,
+    now: Instant,
+    miscounted: &mut u64,
+) -> Result<Pick, StorageError> {
+    let mut heads: Vec<(u64, usize)> = Vec::with_capacity(key.lanes.len());
+    for (i, lane) in key.lanes.iter_mut().enumerate() {
+        if lane.pending == 0 {
+            continue;
+        }
+        if lane.buffer.is_empty() {
+            let want = if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { lane.pending.min(READ_AHEAD) } else { 1 };
+            let mut read: Vec<StoredMessage> = Vec::with_capacity(want as usize);
+            store.read_ready(queue_id, &lane.lane, lane.cursor, want as usize, &mut read)?;
+            *buffered_bytes += read.iter().map(|m| m.record.len()).sum::<usize>();
+            if let Some(last) = read.last() {
+                lane.cursor = last.seq;
+            }
+            lane.buffer.extend(read);
+        }
+        match lane.buffer.front() {
+            Some(head) => heads.push((head.seq, i)),
+            None => {
+                *miscounted += lane.pending;
+                key.pending -= lane.pending;
+                lane.pending = 0;
+            }
+        }
+    }
+    if heads.is_empty() {
+        key.lanes.retain(|l| l.pending > 0 || l.leased > 0);
+        return Ok(Pick::Nothing);
+    }
+    // Usually one lane; with several, oldest head first.
+    heads.sort_unstable();
+    let mut wait: Option<Duration> = None;
+    for (_, i) in heads {
+        match throttles.check(key.lanes[i].lane.throttle.keys(), now) {
+            Ok(()) => return Ok(Pick::Lane(i)),
+            Err(w) => wait = Some(wait.map_or(w, |v| v.min(w))),
+        }
+    }
+    Ok(Pick::Throttled(wait.expect("some lane had a head")))
 }
 
 /// Pushes deliveries to a stream. If the stream closed in the meantime its

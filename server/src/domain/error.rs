@@ -16,7 +16,7 @@ pub enum ErrorKind {
 }
 
 /// Input that is malformed or out of bounds; retrying it cannot succeed.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum ValidationError {
     #[error("queue name must not be empty")]
     EmptyQueueName,
@@ -56,6 +56,21 @@ pub enum ValidationError {
     BadPageToken { token: String },
     #[error("page size {value} is out of range; use 1 to {max} (0 means the default)")]
     PageSizeOutOfRange { value: u32, max: u32 },
+    #[error("throttle rate {rate} per second is out of range; use a number above 0 and at most {max}")]
+    ThrottleRateOutOfRange { rate: f64, max: f64 },
+    #[error("throttle burst {burst} is out of range; use 1 to {max} (0 means one second's worth of the rate)")]
+    ThrottleBurstOutOfRange { burst: f64, max: f64 },
+    #[error("quantum {value} is out of range; use 1 to {max} (0 means the default, 1)")]
+    QuantumOutOfRange { value: u32, max: u32 },
+    #[error("fairness key must be 1 to {max} bytes long")]
+    BadFairnessKey { max: usize },
+}
+
+/// Throttle configuration problems.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ThrottleError {
+    #[error("throttle key '{0}' has no rate set")]
+    NotFound(String),
 }
 
 /// Queue existence problems.
@@ -90,7 +105,7 @@ pub enum StorageError {
 }
 
 /// Any error the broker reports to a caller.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum BrokerError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
@@ -98,6 +113,8 @@ pub enum BrokerError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("the broker is shutting down; retry against a running broker")]
@@ -115,6 +132,7 @@ impl BrokerError {
             BrokerError::Lease(LeaseError::MalformedToken(_)) => ErrorKind::InvalidArgument,
             BrokerError::Lease(LeaseError::Ended(_)) => ErrorKind::FailedPrecondition,
             BrokerError::Lease(LeaseError::MessageNotFound(_)) => ErrorKind::NotFound,
+            BrokerError::Throttle(ThrottleError::NotFound(_)) => ErrorKind::NotFound,
             BrokerError::Storage(StorageError::Io(_)) => ErrorKind::Unavailable,
             BrokerError::Storage(StorageError::Corrupt(_)) => ErrorKind::Internal,
             BrokerError::ShuttingDown | BrokerError::Stopped => ErrorKind::Unavailable,

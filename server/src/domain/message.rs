@@ -56,7 +56,7 @@ pub struct NewMessage {
     pub payload: Bytes,
     /// Empty means [`DEFAULT_FAIRNESS_KEY`].
     pub fairness_key: String,
-    /// 0 means 1.
+    /// 0 means "not set": the key keeps its weight (1 for a new key).
     pub weight: u32,
     pub throttle_keys: Vec<String>,
 }
@@ -90,7 +90,6 @@ impl NewMessage {
         if self.weight > MAX_WEIGHT {
             return Err(ValidationError::WeightOutOfRange { weight: self.weight, max: MAX_WEIGHT });
         }
-        self.weight = self.weight.max(1);
         if self.throttle_keys.len() > MAX_THROTTLE_KEYS {
             return Err(ValidationError::TooManyThrottleKeys {
                 count: self.throttle_keys.len(),
@@ -175,7 +174,7 @@ mod tests {
     fn fills_defaults() {
         let m = msg(b"x").validate(&Limits::default()).unwrap();
         assert_eq!(m.fairness_key, DEFAULT_FAIRNESS_KEY);
-        assert_eq!(m.weight, 1);
+        assert_eq!(m.weight, 0, "unset weight stays unset: the key keeps its weight");
     }
 
     #[test]

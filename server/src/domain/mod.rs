@@ -3,13 +3,17 @@
 //! knows about gRPC or RocksDB.
 
 pub mod error;
+pub mod lane;
 pub mod lease;
 pub mod limits;
 pub mod message;
 pub mod queue;
+pub mod throttle;
 
-pub use error::{BrokerError, ErrorKind, LeaseError, QueueError, StorageError, ValidationError};
+pub use error::{BrokerError, ErrorKind, LeaseError, QueueError, StorageError, ThrottleError, ValidationError};
+pub use lane::{Lane, ThrottleSet};
 pub use lease::LeaseToken;
 pub use limits::Limits;
 pub use message::{MessageId, NewMessage, DEFAULT_FAIRNESS_KEY};
 pub use queue::{QueueId, QueueName, QueueSettings};
+pub use throttle::ThrottleLimit;

@@ -13,6 +13,9 @@ pub const MAX_QUEUE_NAME_LEN: usize = 128;
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest lease or visibility timeout accepted: 12 hours.
 pub const MAX_VISIBILITY_TIMEOUT_MS: u64 = 12 * 60 * 60 * 1000;
+/// Default DRR quantum: deliveries per unit of weight in one turn of a key.
+pub const DEFAULT_QUANTUM: u32 = 1;
+pub const MAX_QUANTUM: u32 = 10_000;
 const DLQ_SUFFIX: &str = ".dlq";
 
 /// A validated queue name.
@@ -59,11 +62,23 @@ impl fmt::Display for QueueName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
     pub visibility_timeout: Duration,
+    /// Deliveries a fairness key of weight 1 gets per turn (DRR quantum); a
+    /// key of weight w gets `quantum × w`.
+    pub quantum: u32,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        QueueSettings { visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT }
+        QueueSettings { visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT, quantum: DEFAULT_QUANTUM }
+    }
+}
+
+/// Checks a wire quantum (0 = the default).
+pub fn quantum_from_wire(value: u32) -> Result<u32, ValidationError> {
+    match value {
+        0 => Ok(DEFAULT_QUANTUM),
+        1..=MAX_QUANTUM => Ok(value),
+        _ => Err(ValidationError::QuantumOutOfRange { value, max: MAX_QUANTUM }),
     }
 }
 

@@ -25,8 +25,12 @@ impl FilaAdmin for AdminApi {
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
         let req = request.into_inner();
-        let visibility_timeout_ms = req.settings.map_or(0, |s| s.visibility_timeout_ms);
-        let info = self.broker.create_queue(&req.name, visibility_timeout_ms).await.map_err(to_status)?;
+        let settings = req.settings.unwrap_or_default();
+        let info = self
+            .broker
+            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::CreateQueueResponse { queue: Some(convert::queue_info(info)) }))
     }
 
@@ -47,6 +51,56 @@ impl FilaAdmin for AdminApi {
         let page = self.broker.list_queues(after, req.page_size).await.map_err(to_status)?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: page.queues.into_iter().map(convert::queue_info).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
+        let req = request.into_inner();
+        let stats = self.broker.queue_stats(&req.queue, req.max_keys).await.map_err(to_status)?;
+        Ok(Response::new(convert::queue_stats(stats)))
+    }
+
+    async fn set_fairness_weight(
+        &self,
+        request: Request<pb::SetFairnessWeightRequest>,
+    ) -> Result<Response<pb::SetFairnessWeightResponse>, Status> {
+        let req = request.into_inner();
+        let weight = Some(req.weight).filter(|&w| w > 0);
+        self.broker.set_fairness_weight(&req.queue, &req.fairness_key, weight).await.map_err(to_status)?;
+        Ok(Response::new(pb::SetFairnessWeightResponse {}))
+    }
+
+    async fn set_throttle(
+        &self,
+        request: Request<pb::SetThrottleRequest>,
+    ) -> Result<Response<pb::SetThrottleResponse>, Status> {
+        let req = request.into_inner();
+        let info =
+            self.broker.set_throttle(&req.throttle_key, req.rate_per_second, req.burst).await.map_err(to_status)?;
+        Ok(Response::new(pb::SetThrottleResponse { throttle: Some(convert::throttle_info(info)) }))
+    }
+
+    async fn remove_throttle(
+        &self,
+        request: Request<pb::RemoveThrottleRequest>,
+    ) -> Result<Response<pb::RemoveThrottleResponse>, Status> {
+        self.broker.remove_throttle(&request.into_inner().throttle_key).await.map_err(to_status)?;
+        Ok(Response::new(pb::RemoveThrottleResponse {}))
+    }
+
+    async fn list_throttles(
+        &self,
+        request: Request<pb::ListThrottlesRequest>,
+    ) -> Result<Response<pb::ListThrottlesResponse>, Status> {
+        let req = request.into_inner();
+        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let page = self.broker.list_throttles(after, req.page_size).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListThrottlesResponse {
+            throttles: page.throttles.into_iter().map(convert::throttle_info).collect(),
             next_page_token: page.next_after.unwrap_or_default(),
         }))
     }

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fila_proto::v1 as pb;
 use prost_types::Timestamp;
 
-use crate::broker::{Delivery, QueueInfo};
+use crate::broker::{Delivery, QueueInfo, QueueStats, ThrottleInfo};
 use crate::domain::message::MessageRecord;
 use crate::domain::{BrokerError, MessageId, NewMessage, StorageError};
 
@@ -43,7 +43,7 @@ pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
             payload: record.payload,
             metadata: Some(pb::MessageMetadata {
                 fairness_key: record.fairness_key,
-                weight: record.weight,
+                weight: record.weight.max(1),
                 throttle_keys: record.throttle_keys,
                 attempt_count: record.failures + 1,
             }),
@@ -60,9 +60,43 @@ pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
 pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
     pb::QueueInfo {
         name: q.name,
-        settings: Some(pb::QueueSettings { visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64 }),
+        settings: Some(pb::QueueSettings {
+            visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64,
+            quantum: q.settings.quantum,
+        }),
         depth: q.depth,
         in_flight: q.in_flight,
         consumers: q.consumers,
+    }
+}
+
+pub fn throttle_info(t: ThrottleInfo) -> pb::ThrottleInfo {
+    pb::ThrottleInfo {
+        throttle_key: t.key,
+        rate_per_second: t.limit.rate_per_second,
+        burst: t.limit.burst,
+        tokens: t.tokens,
+        blocked_count: t.blocked,
+    }
+}
+
+pub fn queue_stats(s: QueueStats) -> pb::GetQueueStatsResponse {
+    pb::GetQueueStatsResponse {
+        queue: Some(queue_info(s.info)),
+        active_keys: s.active_keys,
+        tracked_keys: s.tracked_keys,
+        keys: s
+            .keys
+            .into_iter()
+            .map(|k| pb::FairnessKeyStats {
+                fairness_key: k.fairness_key,
+                pending: k.pending,
+                leased: k.leased,
+                weight: k.weight,
+                weight_overridden: k.weight_overridden,
+                deficit: k.deficit,
+                throttled: k.throttled,
+            })
+            .collect(),
     }
 }

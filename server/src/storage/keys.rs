@@ -1,17 +1,25 @@
 //! Byte layout of storage keys. Big-endian integers keep numeric order equal
 //! to byte order, so RocksDB's sorted keys give the scheduler its order:
 //!
-//! - `messages`: `queue(8) | key_len(2) | fairness_key | seq(8)` → `id(16) | record`: the ready
-//!   messages of one fairness key are one contiguous range in arrival order,
-//!   so "next messages of key K" is a single seek.
-//! - `message_index`: `queue(8) | message_id(16)` → `key_len(2) | fairness_key | seq(8)`:
-//!   finds a message by id (stale-lease checks, later peek/explain).
-//! - `queues`: queue name → queue definition.
+//! - `messages`: `queue(8) | lane | seq(8)` → `id(16) | record`, where
+//!   `lane = key_len(2) | fairness_key | count(1) | (len(2) | throttle_key)*`:
+//!   the ready messages of one lane (fairness key + throttle keys) are one
+//!   contiguous range in arrival order, so "next messages of lane L" is a
+//!   single seek, and all lanes of a fairness key are adjacent.
+//! - `message_index`: `queue(8) | message_id(16)` → `lane | seq(8) | weight(4)`:
+//!   finds a message by id (stale-lease checks, later peek/explain) and lets
+//!   recovery rebuild per-lane counts without reading message bodies.
+//! - `weights`: `queue(8) | key_len(2) | fairness_key` → `weight(4)`:
+//!   operator overrides of fairness weights.
+//! - `queues`: queue name → queue definition; `throttles`: throttle key →
+//!   limit.
 //!
 //! Everything of one queue starts with its id, so deleting a queue is one
 //! range delete per column family.
 
-use crate::domain::{MessageId, QueueId};
+use std::sync::Arc;
+
+use crate::domain::{Lane, MessageId, QueueId, ThrottleSet};
 
 pub fn queue_prefix(queue: QueueId) -> [u8; 8] {
     queue.to_be_bytes()
@@ -22,35 +30,87 @@ pub fn queue_range(queue: QueueId) -> ([u8; 8], [u8; 8]) {
     (queue_prefix(queue), queue_prefix(queue + 1))
 }
 
-/// `key_len(2) | fairness_key | seq(8)`: the message key without its queue.
-pub fn fairness_location(fairness_key: &str, seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + fairness_key.len() + 8);
-    out.extend_from_slice(&(fairness_key.len() as u16).to_be_bytes());
-    out.extend_from_slice(fairness_key.as_bytes());
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode_lane(out: &mut Vec<u8>, lane: &Lane) {
+    push_str(out, &lane.fairness_key);
+    out.push(lane.throttle.keys().len() as u8);
+    for key in lane.throttle.keys() {
+        push_str(out, key);
+    }
+}
+
+/// `lane | seq(8)`: where a message sits within its queue.
+pub fn lane_location(lane: &Lane, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_lane(&mut out, lane);
     out.extend_from_slice(&seq.to_be_bytes());
     out
 }
 
-pub fn message_key(queue: QueueId, fairness_key: &str, seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 2 + fairness_key.len() + 8);
+pub fn message_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(72);
     out.extend_from_slice(&queue_prefix(queue));
-    out.extend_from_slice(&fairness_location(fairness_key, seq));
+    encode_lane(&mut out, lane);
+    out.extend_from_slice(&seq.to_be_bytes());
     out
 }
 
-/// Parses a `fairness_location` back into its fairness key and sequence.
-pub fn parse_fairness_location(bytes: &[u8]) -> Option<(&str, u64)> {
-    let len = u16::from_be_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
-    let key = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    let seq_bytes: [u8; 8] = bytes.get(2 + len..)?.try_into().ok()?;
-    Some((key, u64::from_be_bytes(seq_bytes)))
+/// The index value: the message's location and the weight it was sent with.
+pub fn index_value(lane: &Lane, seq: u64, weight: u32) -> Vec<u8> {
+    let mut out = lane_location(lane, seq);
+    out.extend_from_slice(&weight.to_be_bytes());
+    out
 }
 
-/// Parses a message key into queue, fairness key and sequence.
-pub fn parse_message_key(key: &[u8]) -> Option<(QueueId, &str, u64)> {
-    let queue = u64::from_be_bytes(key.get(0..8)?.try_into().ok()?);
-    let (fairness_key, seq) = parse_fairness_location(&key[8..])?;
-    Some((queue, fairness_key, seq))
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn lane(&mut self) -> Option<Lane> {
+        let fairness_key = self.str()?;
+        let count = self.take(1)?[0] as usize;
+        let mut throttle = Vec::with_capacity(count);
+        for _ in 0..count {
+            throttle.push(self.str()?);
+        }
+        Some(Lane::new(Arc::from(fairness_key), ThrottleSet::new(&throttle)))
+    }
+}
+
+/// Parses an index value back into lane, sequence and weight.
+pub fn parse_index_value(bytes: &[u8]) -> Option<(Lane, u64, u32)> {
+    let mut r = Reader(bytes);
+    let lane = r.lane()?;
+    let seq = r.u64()?;
+    let weight = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+    r.0.is_empty().then_some((lane, seq, weight))
+}
+
+/// Parses a message key into queue, lane and sequence.
+pub fn parse_message_key(key: &[u8]) -> Option<(QueueId, Lane, u64)> {
+    let mut r = Reader(key);
+    let queue = r.u64()?;
+    let lane = r.lane()?;
+    let seq = r.u64()?;
+    r.0.is_empty().then_some((queue, lane, seq))
 }
 
 pub fn index_key(queue: QueueId, id: MessageId) -> [u8; 24] {
@@ -66,48 +126,83 @@ pub fn parse_index_key(key: &[u8]) -> Option<(QueueId, MessageId)> {
     (key.len() == 24).then_some((queue, id))
 }
 
+pub fn weight_key(queue: QueueId, fairness_key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + fairness_key.len());
+    out.extend_from_slice(&queue_prefix(queue));
+    push_str(&mut out, fairness_key);
+    out
+}
+
+pub fn parse_weight_key(key: &[u8]) -> Option<(QueueId, &str)> {
+    let mut r = Reader(key);
+    let queue = r.u64()?;
+    let fairness_key = r.str()?;
+    r.0.is_empty().then_some((queue, fairness_key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn message_keys_round_trip() {
-        let key = message_key(3, "tenant-a", 42);
-        assert_eq!(parse_message_key(&key), Some((3, "tenant-a", 42)));
-        assert_eq!(parse_message_key(&key[..key.len() - 1]), None);
+    fn lane(key: &str, throttle: &[&str]) -> Lane {
+        Lane::new(Arc::from(key), ThrottleSet::new(throttle))
     }
 
     #[test]
-    fn messages_of_one_key_sort_by_sequence_and_stay_contiguous() {
+    fn message_keys_round_trip() {
+        let l = lane("tenant-a", &["provider:stripe", "tenant:a"]);
+        let key = message_key(3, &l, 42);
+        assert_eq!(parse_message_key(&key), Some((3, l.clone(), 42)));
+        assert_eq!(parse_message_key(&key[..key.len() - 1]), None);
+        assert_eq!(parse_index_value(&index_value(&l, 7, 3)), Some((l, 7, 3)));
+    }
+
+    #[test]
+    fn messages_of_one_lane_sort_by_sequence_and_stay_contiguous() {
         let mut keys = [
-            message_key(1, "b", 1),
-            message_key(1, "a", 300),
-            message_key(1, "a", 2),
-            message_key(1, "ab", 1),
-            message_key(2, "a", 0),
-            message_key(0, "z", 9),
+            message_key(1, &lane("b", &[]), 1),
+            message_key(1, &lane("a", &[]), 300),
+            message_key(1, &lane("a", &["x"]), 5),
+            message_key(1, &lane("a", &[]), 2),
+            message_key(1, &lane("ab", &[]), 1),
+            message_key(2, &lane("a", &[]), 0),
+            message_key(0, &lane("z", &[]), 9),
         ];
         keys.sort();
-        let parsed: Vec<_> = keys.iter().map(|k| parse_message_key(k).unwrap()).collect();
-        assert_eq!(
-            parsed,
-            vec![(0, "z", 9), (1, "a", 2), (1, "a", 300), (1, "b", 1), (1, "ab", 1), (2, "a", 0)],
-            "length prefix keeps key 'a' from interleaving with 'ab'"
-        );
+        let parsed: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let (q, l, s) = parse_message_key(k).unwrap();
+                (q, l.fairness_key.to_string(), l.throttle.keys().len(), s)
+            })
+            .collect();
+        let expected = [
+            (0, "z", 0, 9),
+            (1, "a", 0, 2),
+            (1, "a", 0, 300),
+            (1, "a", 1, 5),
+            (1, "b", 0, 1),
+            (1, "ab", 0, 1),
+            (2, "a", 0, 0),
+        ];
+        let expected: Vec<_> = expected.iter().map(|&(q, k, n, s)| (q, k.to_string(), n, s)).collect();
+        assert_eq!(parsed, expected, "length prefixes keep lanes from interleaving");
     }
 
     #[test]
     fn queue_range_covers_exactly_one_queue() {
         let (start, end) = queue_range(5);
-        assert!(message_key(5, "k", 0).as_slice() >= &start[..]);
-        assert!(message_key(5, &"\u{ff}".repeat(100), u64::MAX).as_slice() < &end[..]);
-        assert!(message_key(6, "", 0).as_slice() >= &end[..]);
+        assert!(message_key(5, &lane("k", &[]), 0).as_slice() >= &start[..]);
+        assert!(message_key(5, &lane(&"\u{ff}".repeat(100), &["x"]), u64::MAX).as_slice() < &end[..]);
+        assert!(message_key(6, &lane("", &[]), 0).as_slice() >= &end[..]);
         assert!(index_key(5, MessageId(u128::MAX))[..] < end[..]);
+        assert!(weight_key(5, &"\u{ff}".repeat(100)).as_slice() < &end[..]);
     }
 
     #[test]
-    fn index_keys_round_trip() {
+    fn index_and_weight_keys_round_trip() {
         let id = MessageId::generate();
         assert_eq!(parse_index_key(&index_key(9, id)), Some((9, id)));
+        assert_eq!(parse_weight_key(&weight_key(9, "tenant")), Some((9, "tenant")));
     }
 }

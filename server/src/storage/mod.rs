@@ -4,13 +4,11 @@
 pub mod keys;
 mod rocks;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 pub use rocks::RocksStore;
 
-use crate::domain::{MessageId, QueueId, QueueSettings, StorageError};
+use crate::domain::{Lane, MessageId, QueueId, QueueSettings, StorageError, ThrottleLimit};
 
 /// A queue as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,16 +30,35 @@ pub enum Change {
     SetNextQueueId(QueueId),
     PutMessage {
         queue: QueueId,
-        fairness_key: Arc<str>,
+        lane: Lane,
         seq: u64,
         id: MessageId,
+        /// The weight the producer sent (0 = none), for recovery.
+        weight: u32,
         record: Bytes,
     },
     DeleteMessage {
         queue: QueueId,
-        fairness_key: Arc<str>,
+        lane: Lane,
         seq: u64,
         id: MessageId,
+    },
+    PutThrottle {
+        key: String,
+        limit: ThrottleLimit,
+    },
+    DeleteThrottle {
+        key: String,
+    },
+    /// An operator's override of a fairness key's weight.
+    PutWeight {
+        queue: QueueId,
+        fairness_key: String,
+        weight: u32,
+    },
+    DeleteWeight {
+        queue: QueueId,
+        fairness_key: String,
     },
 }
 
@@ -73,21 +90,26 @@ pub struct StoredMessage {
     pub record: Bytes,
 }
 
-/// Pending messages of one fairness key found at start-up.
+/// Stored messages of one lane found at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveredKey {
+pub struct RecoveredLane {
     pub queue: QueueId,
-    pub fairness_key: String,
+    pub lane: Lane,
     pub pending: u64,
+    /// Sequence and weight of the newest message that carried a weight.
+    pub latest_weight: Option<(u64, u32)>,
 }
 
 /// Everything the scheduler needs to rebuild its state after a restart.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub queues: Vec<QueueDef>,
-    pub keys: Vec<RecoveredKey>,
+    pub lanes: Vec<RecoveredLane>,
     pub max_seq: u64,
     pub next_queue_id: QueueId,
+    pub throttles: Vec<(String, ThrottleLimit)>,
+    /// Weight overrides: queue, fairness key, weight.
+    pub weights: Vec<(QueueId, String, u32)>,
 }
 
 /// Durable broker state.
@@ -96,12 +118,12 @@ pub trait Store: Send + 'static {
     fn recover(&self) -> Result<Recovered, StorageError>;
     /// Applies all changes atomically; returns once they are in the WAL.
     fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError>;
-    /// Appends to `out` up to `limit` messages of one fairness key with a
-    /// sequence above `after_seq`, in order.
+    /// Appends to `out` up to `limit` messages of one lane with a sequence
+    /// above `after_seq`, in order.
     fn read_ready(
         &self,
         queue: QueueId,
-        fairness_key: &str,
+        lane: &Lane,
         after_seq: u64,
         limit: usize,
         out: &mut Vec<StoredMessage>,

@@ -8,13 +8,15 @@ use rocksdb::{
 };
 
 use super::keys;
-use super::{Change, ChangeSet, QueueDef, Recovered, RecoveredKey, Store, StoredMessage};
-use crate::domain::{MessageId, QueueId, QueueSettings, StorageError};
+use super::{Change, ChangeSet, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
+use crate::domain::{Lane, MessageId, QueueId, QueueSettings, StorageError, ThrottleLimit};
 
 const CF_QUEUES: &str = "queues";
 const CF_MESSAGES: &str = "messages";
 const CF_INDEX: &str = "message_index";
 const CF_META: &str = "meta";
+const CF_THROTTLES: &str = "throttles";
+const CF_WEIGHTS: &str = "weights";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
 
 /// Queue definition as stored in the `queues` column family.
@@ -26,6 +28,18 @@ struct QueueRecord {
     name: String,
     #[prost(uint64, tag = "3")]
     visibility_timeout_ms: u64,
+    /// 0 in records written before quanta existed: the default.
+    #[prost(uint32, tag = "4")]
+    quantum: u32,
+}
+
+/// A throttle limit as stored in the `throttles` column family.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ThrottleRecord {
+    #[prost(double, tag = "1")]
+    rate_per_second: f64,
+    #[prost(double, tag = "2")]
+    burst: f64,
 }
 
 pub struct RocksStore {
@@ -54,6 +68,8 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_MESSAGES, messages),
             ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_THROTTLES, Options::default()),
+            ColumnFamilyDescriptor::new(CF_WEIGHTS, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
         Ok(RocksStore { db: Arc::new(db), sync_writes })
@@ -74,41 +90,71 @@ impl RocksStore {
                 name: rec.name,
                 settings: QueueSettings {
                     visibility_timeout: std::time::Duration::from_millis(rec.visibility_timeout_ms),
+                    quantum: crate::domain::queue::quantum_from_wire(rec.quantum)
+                        .unwrap_or(crate::domain::queue::DEFAULT_QUANTUM),
                 },
             });
         }
         Ok(queues)
     }
 
-    /// Counts stored messages per fairness key from the compact index rather
-    /// than the message bodies.
-    fn recover_keys(&self) -> Result<(Vec<RecoveredKey>, u64), StorageError> {
-        let mut keys: Vec<RecoveredKey> = Vec::new();
-        let mut positions = std::collections::HashMap::<(QueueId, String), usize>::new();
+    /// Counts stored messages per lane from the compact index rather than
+    /// the message bodies.
+    fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64), StorageError> {
+        let mut lanes: Vec<RecoveredLane> = Vec::new();
+        let mut positions = std::collections::HashMap::<(QueueId, Lane), usize>::new();
         let mut max_seq = 0;
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_INDEX));
         iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             let corrupt = || StorageError::Corrupt(format!("message index entry {key:?}"));
             let (queue, _) = keys::parse_index_key(key).ok_or_else(corrupt)?;
-            let (fairness_key, seq) = keys::parse_fairness_location(value).ok_or_else(corrupt)?;
+            let (lane, seq, weight) = keys::parse_index_value(value).ok_or_else(corrupt)?;
             max_seq = max_seq.max(seq);
-            let slot = *positions.entry((queue, fairness_key.to_owned())).or_insert_with(|| {
-                keys.push(RecoveredKey { queue, fairness_key: fairness_key.to_owned(), pending: 0 });
-                keys.len() - 1
+            let slot = *positions.entry((queue, lane.clone())).or_insert_with(|| {
+                lanes.push(RecoveredLane { queue, lane, pending: 0, latest_weight: None });
+                lanes.len() - 1
             });
-            keys[slot].pending += 1;
+            let recovered = &mut lanes[slot];
+            recovered.pending += 1;
+            if weight > 0 && recovered.latest_weight.is_none_or(|(s, _)| s < seq) {
+                recovered.latest_weight = Some((seq, weight));
+            }
             iter.next();
         }
         iter.status().map_err(io)?;
-        Ok((keys, max_seq))
+        Ok((lanes, max_seq))
+    }
+
+    fn recover_throttles(&self) -> Result<Vec<(String, ThrottleLimit)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_THROTTLES), rocksdb::IteratorMode::Start) {
+            let (key, value) = entry.map_err(io)?;
+            let corrupt = || StorageError::Corrupt(format!("throttle {key:?}"));
+            let rec: ThrottleRecord = prost::Message::decode(&*value).map_err(|_| corrupt())?;
+            let limit = ThrottleLimit::new(rec.rate_per_second, rec.burst).map_err(|_| corrupt())?;
+            out.push((String::from_utf8(key.to_vec()).map_err(|_| corrupt())?, limit));
+        }
+        Ok(out)
+    }
+
+    fn recover_weights(&self) -> Result<Vec<(QueueId, String, u32)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_WEIGHTS), rocksdb::IteratorMode::Start) {
+            let (key, value) = entry.map_err(io)?;
+            let corrupt = || StorageError::Corrupt(format!("weight override {key:?}"));
+            let (queue, fairness_key) = keys::parse_weight_key(&key).ok_or_else(corrupt)?;
+            let weight = u32::from_be_bytes((*value).try_into().map_err(|_| corrupt())?);
+            out.push((queue, fairness_key.to_owned(), weight));
+        }
+        Ok(out)
     }
 }
 
 impl Store for RocksStore {
     fn recover(&self) -> Result<Recovered, StorageError> {
         let queues = self.recover_queues()?;
-        let (keys, max_seq) = self.recover_keys()?;
+        let (lanes, max_seq) = self.recover_lanes()?;
         let stored_next = self
             .db
             .get_cf(self.cf(CF_META), NEXT_QUEUE_ID)
@@ -116,7 +162,14 @@ impl Store for RocksStore {
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(1);
         let next_queue_id = queues.iter().map(|q| q.id + 1).fold(stored_next, u64::max);
-        Ok(Recovered { queues, keys, max_seq, next_queue_id })
+        Ok(Recovered {
+            queues,
+            lanes,
+            max_seq,
+            next_queue_id,
+            throttles: self.recover_throttles()?,
+            weights: self.recover_weights()?,
+        })
     }
 
     fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError> {
@@ -128,6 +181,7 @@ impl Store for RocksStore {
                         id: def.id,
                         name: def.name.clone(),
                         visibility_timeout_ms: def.settings.visibility_timeout.as_millis() as u64,
+                        quantum: def.settings.quantum,
                     };
                     batch.put_cf(self.cf(CF_QUEUES), def.name.as_bytes(), prost::Message::encode_to_vec(&rec));
                 }
@@ -136,22 +190,34 @@ impl Store for RocksStore {
                     batch.delete_cf(self.cf(CF_QUEUES), name.as_bytes());
                     batch.delete_range_cf(self.cf(CF_MESSAGES), start, end);
                     batch.delete_range_cf(self.cf(CF_INDEX), start, end);
+                    batch.delete_range_cf(self.cf(CF_WEIGHTS), start, end);
                 }
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
-                Change::PutMessage { queue, fairness_key, seq, id, record } => {
+                Change::PutMessage { queue, lane, seq, id, weight, record } => {
                     let mut value = Vec::with_capacity(16 + record.len());
                     value.extend_from_slice(&id.to_bytes());
                     value.extend_from_slice(record);
-                    batch.put_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, fairness_key, *seq), value);
+                    batch.put_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, lane, *seq), value);
                     batch.put_cf(
                         self.cf(CF_INDEX),
                         keys::index_key(*queue, *id),
-                        keys::fairness_location(fairness_key, *seq),
+                        keys::index_value(lane, *seq, *weight),
                     );
                 }
-                Change::DeleteMessage { queue, fairness_key, seq, id } => {
-                    batch.delete_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, fairness_key, *seq));
+                Change::DeleteMessage { queue, lane, seq, id } => {
+                    batch.delete_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, lane, *seq));
                     batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
+                }
+                Change::PutThrottle { key, limit } => {
+                    let rec = ThrottleRecord { rate_per_second: limit.rate_per_second, burst: limit.burst };
+                    batch.put_cf(self.cf(CF_THROTTLES), key.as_bytes(), prost::Message::encode_to_vec(&rec));
+                }
+                Change::DeleteThrottle { key } => batch.delete_cf(self.cf(CF_THROTTLES), key.as_bytes()),
+                Change::PutWeight { queue, fairness_key, weight } => {
+                    batch.put_cf(self.cf(CF_WEIGHTS), keys::weight_key(*queue, fairness_key), weight.to_be_bytes())
+                }
+                Change::DeleteWeight { queue, fairness_key } => {
+                    batch.delete_cf(self.cf(CF_WEIGHTS), keys::weight_key(*queue, fairness_key))
                 }
             }
         }
@@ -163,15 +229,15 @@ impl Store for RocksStore {
     fn read_ready(
         &self,
         queue: QueueId,
-        fairness_key: &str,
+        lane: &Lane,
         after_seq: u64,
         limit: usize,
         out: &mut Vec<StoredMessage>,
     ) -> Result<(), StorageError> {
         let Some(first) = after_seq.checked_add(1) else { return Ok(()) };
         let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(keys::message_key(queue, fairness_key, first));
-        opts.set_iterate_upper_bound(keys::message_key(queue, fairness_key, u64::MAX));
+        opts.set_iterate_lower_bound(keys::message_key(queue, lane, first));
+        opts.set_iterate_upper_bound(keys::message_key(queue, lane, u64::MAX));
         let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_MESSAGES), opts);
         iter.seek_to_first();
         let mut taken = 0;
@@ -215,15 +281,21 @@ impl Store for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ThrottleSet;
     use bytes::Bytes;
+
+    fn lane(key: &str) -> Lane {
+        Lane::new(key.into(), ThrottleSet::default())
+    }
 
     fn put(queue: QueueId, key: &str, seq: u64) -> (Change, MessageId) {
         let id = MessageId::generate();
         let change = Change::PutMessage {
             queue,
-            fairness_key: key.into(),
+            lane: lane(key),
             seq,
             id,
+            weight: 0,
             record: Bytes::from(format!("{key}-{seq}")),
         };
         (change, id)
@@ -234,34 +306,62 @@ mod tests {
     }
 
     #[test]
-    fn reads_one_key_in_order_after_a_cursor() {
+    fn reads_one_lane_in_order_after_a_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), false).unwrap();
-        let changes = [(1, "a", 5), (1, "a", 2), (1, "b", 3), (1, "a", 9), (2, "a", 4)]
+        let mut changes: Vec<Change> = [(1, "a", 5), (1, "a", 2), (1, "b", 3), (1, "a", 9), (2, "a", 4)]
             .into_iter()
             .map(|(q, k, s)| put(q, k, s).0)
             .collect();
+        let throttled = Lane::new("a".into(), ThrottleSet::new(&["x"]));
+        changes.push(Change::PutMessage {
+            queue: 1,
+            lane: throttled.clone(),
+            seq: 3,
+            id: MessageId::generate(),
+            weight: 0,
+            record: Bytes::from("ax-3"),
+        });
         commit(&store, changes);
         let mut out = Vec::new();
-        store.read_ready(1, "a", 0, 10, &mut out).unwrap();
+        store.read_ready(1, &lane("a"), 0, 10, &mut out).unwrap();
         assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 5, 9]);
         out.clear();
-        store.read_ready(1, "a", 2, 1, &mut out).unwrap();
+        store.read_ready(1, &lane("a"), 2, 1, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].record, Bytes::from("a-5"));
         assert_eq!(out[0].seq, 5);
+        out.clear();
+        store.read_ready(1, &throttled, 0, 10, &mut out).unwrap();
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]
-    fn recovers_queues_counts_and_sequence_after_reopen() {
+    fn recovers_queues_lanes_limits_and_sequence_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (msg, id) = put(1, "a", 7);
         {
             let store = RocksStore::open(dir.path(), true).unwrap();
             let def = QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default() };
+            let weighted = Change::PutMessage {
+                queue: 1,
+                lane: lane("b"),
+                seq: 4,
+                id: MessageId::generate(),
+                weight: 3,
+                record: Bytes::from("b"),
+            };
             commit(
                 &store,
-                vec![Change::PutQueue(def), Change::SetNextQueueId(2), msg, put(1, "a", 3).0, put(1, "b", 4).0],
+                vec![
+                    Change::PutQueue(def),
+                    Change::SetNextQueueId(2),
+                    msg,
+                    put(1, "a", 3).0,
+                    weighted,
+                    Change::PutThrottle { key: "p".into(), limit: ThrottleLimit::new(2.5, 4.0).unwrap() },
+                    Change::PutWeight { queue: 1, fairness_key: "a".into(), weight: 9 },
+                ],
             );
         }
         let store = RocksStore::open(dir.path(), true).unwrap();
@@ -270,24 +370,35 @@ mod tests {
         assert_eq!(rec.queues[0].name, "q");
         assert_eq!(rec.next_queue_id, 2);
         assert_eq!(rec.max_seq, 7);
-        let mut keys = rec.keys.clone();
-        keys.sort_by(|a, b| a.fairness_key.cmp(&b.fairness_key));
+        let mut lanes = rec.lanes.clone();
+        lanes.sort_by(|a, b| a.lane.fairness_key.cmp(&b.lane.fairness_key));
         assert_eq!(
-            keys.iter().map(|k| (k.fairness_key.as_str(), k.pending)).collect::<Vec<_>>(),
-            vec![("a", 2), ("b", 1)]
+            lanes.iter().map(|l| (&*l.lane.fairness_key, l.pending, l.latest_weight)).collect::<Vec<_>>(),
+            vec![("a", 2, None), ("b", 1, Some((4, 3)))]
         );
+        assert_eq!(rec.throttles, vec![("p".to_string(), ThrottleLimit::new(2.5, 4.0).unwrap())]);
+        assert_eq!(rec.weights, vec![(1, "a".to_string(), 9)]);
         assert!(store.contains_message(1, id).unwrap());
-        commit(&store, vec![Change::DeleteMessage { queue: 1, fairness_key: "a".into(), seq: 7, id }]);
+        commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 7, id }]);
         assert!(!store.contains_message(1, id).unwrap());
     }
 
     #[test]
-    fn deleting_a_queue_removes_only_its_messages() {
+    fn deleting_a_queue_removes_only_its_messages_and_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), false).unwrap();
-        commit(&store, vec![put(1, "a", 1).0, put(2, "a", 2).0]);
+        commit(
+            &store,
+            vec![
+                put(1, "a", 1).0,
+                put(2, "a", 2).0,
+                Change::PutWeight { queue: 1, fairness_key: "a".into(), weight: 2 },
+                Change::PutWeight { queue: 2, fairness_key: "a".into(), weight: 5 },
+            ],
+        );
         commit(&store, vec![Change::DeleteQueue { id: 1, name: "one".into() }]);
         let rec = store.recover().unwrap();
-        assert_eq!(rec.keys, vec![RecoveredKey { queue: 2, fairness_key: "a".into(), pending: 1 }]);
+        assert_eq!(rec.lanes, vec![RecoveredLane { queue: 2, lane: lane("a"), pending: 1, latest_weight: None }]);
+        assert_eq!(rec.weights, vec![(2, "a".to_string(), 5)]);
     }
 }
