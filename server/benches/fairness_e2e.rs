@@ -4,13 +4,15 @@
 //!     cargo bench --profile dev -p fila-server --bench fairness_e2e
 //!
 //! For each key count: enqueue N messages (default 200,000; set
-//! FILA_BENCH_MESSAGES) from 4 producers in batches of 1,000, then drain
+//! FILA_BENCH_MESSAGES; key counts with FILA_BENCH_KEYS=1,1000) from 4 producers in batches of 1,000, then drain
 //! them with 2 consumers (window 2,000, acks in batches of 500). Prints
 //! messages per second for both phases. The server is the `fila-server`
 //! binary of this build, on loopback, with a fresh data directory.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fila_sdk::{Client, LeaseOptions, NewMessage, QueueOptions};
@@ -67,19 +69,27 @@ async fn produce(addr: String, queue: String, keys: usize, from: usize, to: usiz
     }
 }
 
-async fn consume(addr: String, queue: String, count: usize) {
+/// Leases and acks until `received` (shared by all consumers) reaches
+/// `total`.
+async fn consume(addr: String, queue: String, received: Arc<AtomicUsize>, total: usize) {
     let client = Client::connect(addr).await.unwrap();
     let options = LeaseOptions { max_in_flight: Some(2000), visibility_timeout: None };
     let mut stream = client.lease(&queue, options).await.unwrap();
     let mut tokens = Vec::with_capacity(500);
-    let mut received = 0;
-    while received < count {
-        let delivery = stream.next().await.unwrap().unwrap();
-        tokens.push(delivery.lease_token);
-        received += 1;
-        if tokens.len() == 500 || received == count {
+    while received.load(Ordering::Relaxed) < total {
+        match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+            Ok(delivery) => {
+                tokens.push(delivery.unwrap().unwrap().lease_token);
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => continue,
+        }
+        if tokens.len() == 500 {
             client.ack_batch(std::mem::take(&mut tokens)).await.unwrap();
         }
+    }
+    if !tokens.is_empty() {
+        client.ack_batch(tokens).await.unwrap();
     }
 }
 
@@ -91,7 +101,11 @@ async fn main() {
     let admin = Client::connect(server.addr.clone()).await.unwrap();
     println!("| fairness keys | messages | enqueue msg/s | lease+ack msg/s |");
     println!("| ---: | ---: | ---: | ---: |");
-    for keys in [1, 1_000, 100_000] {
+    let key_counts: Vec<usize> = std::env::var("FILA_BENCH_KEYS")
+        .ok()
+        .map(|v| v.split(',').map(|k| k.trim().parse().expect("FILA_BENCH_KEYS: comma-separated numbers")).collect())
+        .unwrap_or_else(|| vec![1, 1_000, 100_000]);
+    for keys in key_counts {
         let queue = format!("bench-{keys}");
         admin.create_queue(&queue, QueueOptions::default()).await.unwrap();
         let started = Instant::now();
@@ -107,16 +121,16 @@ async fn main() {
         let enqueue_rate = messages as f64 / started.elapsed().as_secs_f64();
 
         let started = Instant::now();
+        let received = Arc::new(AtomicUsize::new(0));
         let consumers: Vec<_> = (0..2)
-            .map(|c| {
-                let share = messages / 2 + if c == 0 { messages % 2 } else { 0 };
-                tokio::spawn(consume(server.addr.clone(), queue.clone(), share))
-            })
+            .map(|_| tokio::spawn(consume(server.addr.clone(), queue.clone(), received.clone(), messages)))
             .collect();
         for c in consumers {
             c.await.unwrap();
         }
         let drain_rate = messages as f64 / started.elapsed().as_secs_f64();
+        let left = admin.list_queues().await.unwrap().into_iter().find(|q| q.name == queue).unwrap().depth;
+        assert_eq!(left, 0, "every message was acknowledged");
         println!("| {keys} | {messages} | {enqueue_rate:.0} | {drain_rate:.0} |");
         admin.delete_queue(&queue).await.unwrap();
     }
