@@ -155,17 +155,12 @@ impl Client {
 
     /// Lists all queues, following pages.
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, Error> {
-        let mut queues = Vec::new();
-        let mut page_token = String::new();
-        loop {
+        collect_pages(|page_token| async move {
             let request = pb::ListQueuesRequest { page_size: 0, page_token };
             let page = self.admin.clone().list_queues(request).await?.into_inner();
-            queues.extend(page.queues.into_iter().map(QueueInfo::from));
-            if page.next_page_token.is_empty() {
-                return Ok(queues);
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.queues.into_iter().map(QueueInfo::from).collect(), page.next_page_token))
+        })
+        .await
     }
 
     /// A queue's counters and up to `max_keys` of its busiest fairness keys
@@ -208,16 +203,29 @@ impl Client {
 
     /// Lists all throttle keys with limits, following pages.
     pub async fn list_throttles(&self) -> Result<Vec<ThrottleInfo>, Error> {
-        let mut throttles = Vec::new();
-        let mut page_token = String::new();
-        loop {
+        collect_pages(|page_token| async move {
             let request = pb::ListThrottlesRequest { page_size: 0, page_token };
             let page = self.admin.clone().list_throttles(request).await?.into_inner();
-            throttles.extend(page.throttles.into_iter().map(ThrottleInfo::from));
-            if page.next_page_token.is_empty() {
-                return Ok(throttles);
-            }
-            page_token = page.next_page_token;
+            Ok((page.throttles.into_iter().map(ThrottleInfo::from).collect(), page.next_page_token))
+        })
+        .await
+    }
+}
+
+/// Fetches pages until the broker returns no next-page token.
+async fn collect_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Error>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Error>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = fetch(page_token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
         }
+        page_token = next;
     }
 }

@@ -34,10 +34,12 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        // Owned by `Server` at once, so its Drop reaps the process on every path.
+        let server = Server { child, addr, _dir: dir };
         for _ in 0..500 {
-            if let Ok(client) = Client::connect(addr.clone()).await {
+            if let Ok(client) = Client::connect(server.addr.clone()).await {
                 if client.list_queues().await.is_ok() {
-                    return Server { child, addr, _dir: dir };
+                    return server;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
