@@ -7,6 +7,7 @@ use fila_proto::v1::fila_admin_client::FilaAdminClient;
 use fila_proto::v1::fila_service_client::FilaServiceClient;
 use futures::Stream;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
 
 use crate::error::{Error, ItemError};
 use crate::types::{
@@ -209,6 +210,39 @@ impl Client {
             Ok((page.throttles.into_iter().map(ThrottleInfo::from).collect(), page.next_page_token))
         })
         .await
+    }
+
+    /// Sets a runtime configuration value (read by scripts with `fila.get`).
+    pub async fn set_config(&self, key: &str, value: &str) -> Result<(), Error> {
+        let request = pb::SetConfigRequest { key: key.to_owned(), value: value.to_owned() };
+        self.admin.clone().set_config(request).await?;
+        Ok(())
+    }
+
+    /// Reads a configuration value; `None` if the key is not set.
+    pub async fn get_config(&self, key: &str) -> Result<Option<String>, Error> {
+        match self.admin.clone().get_config(pb::GetConfigRequest { key: key.to_owned() }).await {
+            Ok(response) => Ok(Some(response.into_inner().value)),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    /// Lists configuration entries whose key starts with `prefix`, following
+    /// pages.
+    pub async fn list_config(&self, prefix: &str) -> Result<Vec<(String, String)>, Error> {
+        collect_pages(|page_token| async move {
+            let request = pb::ListConfigRequest { prefix: prefix.to_owned(), page_size: 0, page_token };
+            let page = self.admin.clone().list_config(request).await?.into_inner();
+            Ok((page.entries.into_iter().map(|e| (e.key, e.value)).collect(), page.next_page_token))
+        })
+        .await
+    }
+
+    /// Deletes a configuration value.
+    pub async fn delete_config(&self, key: &str) -> Result<(), Error> {
+        self.admin.clone().delete_config(pb::DeleteConfigRequest { key: key.to_owned() }).await?;
+        Ok(())
     }
 }
 

@@ -26,6 +26,7 @@ pub use leases::RECENT_ACKS_REMEMBERED;
 
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_WEIGHT};
 use crate::domain::queue::{quantum_from_wire, visibility_timeout_from_ms};
+use crate::domain::runtime_config::{check_config_value, parse_config_key};
 use crate::domain::throttle::parse_throttle_key;
 use crate::domain::{
     BrokerError, Lane, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ThrottleLimit, ThrottleSet,
@@ -101,6 +102,13 @@ pub struct ThrottleInfo {
     /// Times a delivery was held back because this bucket was empty, since
     /// the broker started.
     pub blocked: u64,
+}
+
+/// One page of runtime configuration entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPage {
+    pub entries: Vec<(String, String)>,
+    pub next_after: Option<String>,
 }
 
 /// One page of throttles.
@@ -362,6 +370,36 @@ impl Broker {
             _ => return Err(ValidationError::PageSizeOutOfRange { value: max_keys, max: MAX_STATS_KEYS }.into()),
         } as usize;
         self.ask(|reply| Command::QueueStats { queue, max_keys, reply }).await?
+    }
+
+    /// Sets a runtime configuration value; scripts see it from their next
+    /// call.
+    pub async fn set_config(&self, key: &str, value: String) -> Result<(), BrokerError> {
+        let key = parse_config_key(key)?.to_owned();
+        check_config_value(&value)?;
+        self.ask(|reply| Command::SetConfig { key, value, reply }).await?
+    }
+
+    pub async fn get_config(&self, key: &str) -> Result<String, BrokerError> {
+        let key = parse_config_key(key)?.to_owned();
+        self.ask(|reply| Command::GetConfig { key, reply }).await?
+    }
+
+    /// Lists configuration entries whose key starts with `prefix`, in key
+    /// order, starting after `after`.
+    pub async fn list_config(
+        &self,
+        prefix: String,
+        after: Option<String>,
+        page_size: u32,
+    ) -> Result<ConfigPage, BrokerError> {
+        let limit = page_limit(page_size)?;
+        self.ask(|reply| Command::ListConfig { prefix, after, limit, reply }).await
+    }
+
+    pub async fn delete_config(&self, key: &str) -> Result<(), BrokerError> {
+        let key = parse_config_key(key)?.to_owned();
+        self.ask(|reply| Command::DeleteConfig { key, reply }).await?
     }
 
     /// Ends every delivery stream and refuses new ones: the first step of a

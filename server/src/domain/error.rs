@@ -64,6 +64,17 @@ pub enum ValidationError {
     QuantumOutOfRange { value: u32, max: u32 },
     #[error("fairness key must be 1 to {max} bytes long")]
     BadFairnessKey { max: usize },
+    #[error("configuration keys must be 1 to {max} bytes long")]
+    BadConfigKey { max: usize },
+    #[error("configuration value is {size} bytes; the maximum is {max} bytes")]
+    ConfigValueTooLarge { size: usize, max: usize },
+}
+
+/// Runtime configuration problems.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration key '{0}' is not set")]
+    NotFound(String),
 }
 
 /// Throttle configuration problems.
@@ -116,6 +127,8 @@ pub enum BrokerError {
     #[error(transparent)]
     Throttle(#[from] ThrottleError),
     #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("the broker is shutting down; retry against a running broker")]
     ShuttingDown,
@@ -133,6 +146,7 @@ impl BrokerError {
             BrokerError::Lease(LeaseError::Ended(_)) => ErrorKind::FailedPrecondition,
             BrokerError::Lease(LeaseError::MessageNotFound(_)) => ErrorKind::NotFound,
             BrokerError::Throttle(ThrottleError::NotFound(_)) => ErrorKind::NotFound,
+            BrokerError::Config(ConfigError::NotFound(_)) => ErrorKind::NotFound,
             BrokerError::Storage(StorageError::Io(_)) => ErrorKind::Unavailable,
             BrokerError::Storage(StorageError::Corrupt(_)) => ErrorKind::Internal,
             BrokerError::ShuttingDown | BrokerError::Stopped => ErrorKind::Unavailable,

@@ -8,9 +8,12 @@ pub mod lease;
 pub mod limits;
 pub mod message;
 pub mod queue;
+pub mod runtime_config;
 pub mod throttle;
 
-pub use error::{BrokerError, ErrorKind, LeaseError, QueueError, StorageError, ThrottleError, ValidationError};
+pub use error::{
+    BrokerError, ConfigError, ErrorKind, LeaseError, QueueError, StorageError, ThrottleError, ValidationError,
+};
 pub use lane::{Lane, ThrottleSet};
 pub use lease::LeaseToken;
 pub use limits::Limits;

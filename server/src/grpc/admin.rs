@@ -104,4 +104,42 @@ impl FilaAdmin for AdminApi {
             next_page_token: page.next_after.unwrap_or_default(),
         }))
     }
+
+    async fn set_config(
+        &self,
+        request: Request<pb::SetConfigRequest>,
+    ) -> Result<Response<pb::SetConfigResponse>, Status> {
+        let req = request.into_inner();
+        self.broker.set_config(&req.key, req.value).await.map_err(to_status)?;
+        Ok(Response::new(pb::SetConfigResponse {}))
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        let value = self.broker.get_config(&request.into_inner().key).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetConfigResponse { value }))
+    }
+
+    async fn list_config(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        let req = request.into_inner();
+        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let page = self.broker.list_config(req.prefix, after, req.page_size).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListConfigResponse {
+            entries: page.entries.into_iter().map(|(key, value)| pb::ConfigEntry { key, value }).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_config(
+        &self,
+        request: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        self.broker.delete_config(&request.into_inner().key).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeleteConfigResponse {}))
+    }
 }

@@ -60,6 +60,13 @@ pub enum Change {
         queue: QueueId,
         fairness_key: String,
     },
+    PutConfig {
+        key: String,
+        value: String,
+    },
+    DeleteConfig {
+        key: String,
+    },
 }
 
 /// Changes to apply in one atomic write.
@@ -110,6 +117,8 @@ pub struct Recovered {
     pub throttles: Vec<(String, ThrottleLimit)>,
     /// Weight overrides: queue, fairness key, weight.
     pub weights: Vec<(QueueId, String, u32)>,
+    /// Runtime configuration entries.
+    pub config: Vec<(String, String)>,
 }
 
 /// Durable broker state.

@@ -17,6 +17,7 @@ const CF_INDEX: &str = "message_index";
 const CF_META: &str = "meta";
 const CF_THROTTLES: &str = "throttles";
 const CF_WEIGHTS: &str = "weights";
+const CF_CONFIG: &str = "config";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
 
 /// Queue definition as stored in the `queues` column family.
@@ -70,6 +71,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_THROTTLES, Options::default()),
             ColumnFamilyDescriptor::new(CF_WEIGHTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_CONFIG, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
         Ok(RocksStore { db: Arc::new(db), sync_writes })
@@ -138,6 +140,18 @@ impl RocksStore {
         Ok(out)
     }
 
+    fn recover_config(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_CONFIG), rocksdb::IteratorMode::Start) {
+            let (key, value) = entry.map_err(io)?;
+            let corrupt = || StorageError::Corrupt(format!("configuration entry {key:?}"));
+            let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt())?;
+            let value = String::from_utf8(value.to_vec()).map_err(|_| corrupt())?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
     fn recover_weights(&self) -> Result<Vec<(QueueId, String, u32)>, StorageError> {
         let mut out = Vec::new();
         for entry in self.db.iterator_cf(self.cf(CF_WEIGHTS), rocksdb::IteratorMode::Start) {
@@ -169,6 +183,7 @@ impl Store for RocksStore {
             next_queue_id,
             throttles: self.recover_throttles()?,
             weights: self.recover_weights()?,
+            config: self.recover_config()?,
         })
     }
 
@@ -219,6 +234,8 @@ impl Store for RocksStore {
                 Change::DeleteWeight { queue, fairness_key } => {
                     batch.delete_cf(self.cf(CF_WEIGHTS), keys::weight_key(*queue, fairness_key))
                 }
+                Change::PutConfig { key, value } => batch.put_cf(self.cf(CF_CONFIG), key.as_bytes(), value.as_bytes()),
+                Change::DeleteConfig { key } => batch.delete_cf(self.cf(CF_CONFIG), key.as_bytes()),
             }
         }
         let mut opts = WriteOptions::default();
@@ -361,6 +378,7 @@ mod tests {
                     weighted,
                     Change::PutThrottle { key: "p".into(), limit: ThrottleLimit::new(2.5, 4.0).unwrap() },
                     Change::PutWeight { queue: 1, fairness_key: "a".into(), weight: 9 },
+                    Change::PutConfig { key: "tenant.acme".into(), value: "gold".into() },
                 ],
             );
         }
@@ -378,6 +396,7 @@ mod tests {
         );
         assert_eq!(rec.throttles, vec![("p".to_string(), ThrottleLimit::new(2.5, 4.0).unwrap())]);
         assert_eq!(rec.weights, vec![(1, "a".to_string(), 9)]);
+        assert_eq!(rec.config, vec![("tenant.acme".to_string(), "gold".to_string())]);
         assert!(store.contains_message(1, id).unwrap());
         commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 7, id }]);
         assert!(!store.contains_message(1, id).unwrap());

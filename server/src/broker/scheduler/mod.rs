@@ -15,9 +15,10 @@ use super::leases::{Lease, LeaseTable, TokenState};
 use super::queue_state::QueueState;
 use super::throttle::Throttles;
 
+mod config;
 mod dispatch;
 mod limits;
-use super::{QueueInfo, QueuePage, QueueStats, ThrottleInfo, ThrottlePage};
+use super::{ConfigPage, QueueInfo, QueuePage, QueueStats, ThrottleInfo, ThrottlePage};
 use crate::domain::message::MessageRecord;
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
@@ -115,6 +116,25 @@ pub enum Command {
         max_keys: usize,
         reply: Reply<Result<QueueStats, BrokerError>>,
     },
+    SetConfig {
+        key: String,
+        value: String,
+        reply: Reply<Result<(), BrokerError>>,
+    },
+    GetConfig {
+        key: String,
+        reply: Reply<Result<String, BrokerError>>,
+    },
+    ListConfig {
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<ConfigPage>,
+    },
+    DeleteConfig {
+        key: String,
+        reply: Reply<Result<(), BrokerError>>,
+    },
     CloseStreams {
         reply: Reply<()>,
     },
@@ -141,6 +161,12 @@ impl<T: Outcome> Outcome for Vec<T> {
 }
 
 impl Outcome for QueuePage {
+    fn fail(self, _: &BrokerError) -> Self {
+        self
+    }
+}
+
+impl Outcome for ConfigPage {
     fn fail(self, _: &BrokerError) -> Self {
         self
     }
@@ -199,6 +225,8 @@ pub struct Scheduler<S: Store> {
     /// Keys waiting for a throttle refill: (wake-up, ticket) → (queue, key).
     parked: BTreeMap<(Instant, u64), (QueueId, Arc<str>)>,
     next_ticket: u64,
+    /// Runtime configuration (`fila.get` in scripts), in key order.
+    config: BTreeMap<String, String>,
     closing: bool,
 }
 
@@ -221,6 +249,7 @@ impl<S: Store> Scheduler<S> {
             throttles: Throttles::default(),
             parked: BTreeMap::new(),
             next_ticket: 1,
+            config: recovered.config.iter().cloned().collect(),
             closing: false,
         };
         for def in recovered.queues {
@@ -415,6 +444,22 @@ impl<S: Store> Scheduler<S> {
             }
             Command::QueueStats { queue, max_keys, reply } => {
                 let result = self.queue_stats(&queue, max_keys);
+                round.answer(reply, result);
+            }
+            Command::SetConfig { key, value, reply } => {
+                self.set_config(key, value, round);
+                round.answer(reply, Ok(()));
+            }
+            Command::GetConfig { key, reply } => {
+                let result = self.get_config(key);
+                round.answer(reply, result);
+            }
+            Command::ListConfig { prefix, after, limit, reply } => {
+                let page = self.list_config(&prefix, after, limit);
+                round.answer(reply, page);
+            }
+            Command::DeleteConfig { key, reply } => {
+                let result = self.delete_config(key, round);
                 round.answer(reply, result);
             }
             Command::CloseStreams { reply } => {
