@@ -142,6 +142,7 @@ impl Client {
             settings: Some(pb::QueueSettings {
                 visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
                 quantum: options.quantum.unwrap_or(0),
+                max_attempts: options.max_attempts.unwrap_or(0),
             }),
         };
         let response = self.admin.clone().create_queue(request).await?.into_inner();
@@ -210,6 +211,13 @@ impl Client {
             Ok((page.throttles.into_iter().map(ThrottleInfo::from).collect(), page.next_page_token))
         })
         .await
+    }
+
+    /// Moves up to `max_messages` (`None`: all) dead-lettered messages of
+    /// `queue` back to it, with attempt counts reset; returns how many moved.
+    pub async fn redrive(&self, queue: &str, max_messages: Option<u64>) -> Result<u64, Error> {
+        let request = pb::RedriveRequest { queue: queue.to_owned(), max_messages: max_messages.unwrap_or(0) };
+        Ok(self.admin.clone().redrive(request).await?.into_inner().moved)
     }
 
     /// Sets a runtime configuration value (read by scripts with `fila.get`).

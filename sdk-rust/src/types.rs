@@ -13,6 +13,8 @@ pub struct NewMessage {
     pub fairness_key: String,
     pub weight: u32,
     pub throttle_keys: Vec<String>,
+    /// How long before the message may be delivered.
+    pub delay: Option<Duration>,
 }
 
 impl NewMessage {
@@ -40,6 +42,12 @@ impl NewMessage {
         self
     }
 
+    /// Delivers the message no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
     pub(crate) fn into_proto(self) -> pb::EnqueueMessage {
         pb::EnqueueMessage {
             queue: self.queue,
@@ -47,6 +55,7 @@ impl NewMessage {
             payload: self.payload,
             fairness_key: self.fairness_key,
             weight: self.weight,
+            delay_ms: self.delay.map_or(0, |d| d.as_millis() as u64),
             throttle_keys: self.throttle_keys,
         }
     }
@@ -75,6 +84,9 @@ pub struct QueueOptions {
     /// DRR quantum: deliveries per turn for a key of weight 1. `None` for
     /// the broker default (1).
     pub quantum: Option<u32>,
+    /// Failed attempts before the default policy dead-letters a message.
+    /// `None` for the broker default (10).
+    pub max_attempts: Option<u32>,
 }
 
 /// A queue and its counters.
@@ -83,8 +95,12 @@ pub struct QueueInfo {
     pub name: String,
     pub visibility_timeout: Duration,
     pub quantum: u32,
+    pub max_attempts: u32,
+    /// Ready, leased and delayed messages.
     pub depth: u64,
     pub in_flight: u64,
+    /// Messages waiting out a delay or retry backoff.
+    pub delayed: u64,
     pub consumers: u32,
 }
 
@@ -93,7 +109,9 @@ impl From<pb::QueueInfo> for QueueInfo {
         QueueInfo {
             name: q.name,
             visibility_timeout: Duration::from_millis(q.settings.as_ref().map_or(0, |s| s.visibility_timeout_ms)),
-            quantum: q.settings.map_or(0, |s| s.quantum),
+            quantum: q.settings.as_ref().map_or(0, |s| s.quantum),
+            max_attempts: q.settings.map_or(0, |s| s.max_attempts),
+            delayed: q.delayed,
             depth: q.depth,
             in_flight: q.in_flight,
             consumers: q.consumers,
@@ -180,6 +198,8 @@ pub struct Delivery {
     pub throttle_keys: Vec<String>,
     /// 1 for the first delivery; each failed attempt adds one.
     pub attempt: u32,
+    /// Error of the latest failed attempt; empty before any failure.
+    pub last_error: String,
     pub enqueued_at: SystemTime,
     pub leased_at: SystemTime,
     pub lease_token: String,
@@ -204,6 +224,7 @@ impl Delivery {
             weight: meta.weight,
             throttle_keys: meta.throttle_keys,
             attempt: meta.attempt_count,
+            last_error: meta.last_error,
             enqueued_at: system_time(times.enqueued_at),
             leased_at: system_time(times.leased_at),
             lease_token: d.lease_token,

@@ -18,10 +18,7 @@ async fn config_is_set_read_listed_by_prefix_and_deleted() {
     assert_eq!(client.get_config("tenant.acme.tier").await.unwrap().as_deref(), Some("platinum"));
     assert_eq!(client.get_config("missing").await.unwrap(), None);
     let acme = client.list_config("tenant.acme.").await.unwrap();
-    assert_eq!(
-        acme,
-        vec![("tenant.acme.limit".into(), "50".into()), ("tenant.acme.tier".into(), "platinum".into())]
-    );
+    assert_eq!(acme, vec![("tenant.acme.limit".into(), "50".into()), ("tenant.acme.tier".into(), "platinum".into())]);
     assert_eq!(client.list_config("").await.unwrap().len(), 4);
 
     client.delete_config("other").await.unwrap();

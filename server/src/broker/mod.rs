@@ -9,6 +9,7 @@
 
 mod consumers;
 pub mod drr;
+mod failure_policy;
 mod leases;
 mod queue_state;
 mod scheduler;
@@ -25,7 +26,7 @@ pub use consumers::{ConsumerEvent, ConsumerId, DEFAULT_WINDOW, MAX_WINDOW};
 pub use leases::RECENT_ACKS_REMEMBERED;
 
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_WEIGHT};
-use crate::domain::queue::{quantum_from_wire, visibility_timeout_from_ms};
+use crate::domain::queue::{max_attempts_from_wire, quantum_from_wire, visibility_timeout_from_ms};
 use crate::domain::runtime_config::{check_config_value, parse_config_key};
 use crate::domain::throttle::parse_throttle_key;
 use crate::domain::{
@@ -58,8 +59,11 @@ pub struct Delivery {
 pub struct QueueInfo {
     pub name: String,
     pub settings: QueueSettings,
+    /// Ready, leased and delayed messages.
     pub depth: u64,
     pub in_flight: u64,
+    /// Messages waiting for a delay (a delayed enqueue or a retry backoff).
+    pub delayed: u64,
     pub consumers: u32,
 }
 
@@ -212,8 +216,9 @@ impl Broker {
                 let id = MessageId::generate();
                 let lane = Lane::new(m.fairness_key.as_str().into(), ThrottleSet::new(&m.throttle_keys));
                 let weight = m.weight;
+                let delay = Duration::from_millis(m.delay_ms);
                 let record = m.into_record(id, now).encode_bytes();
-                Ok(scheduler::PreparedMessage { queue, lane, weight, id, record })
+                Ok(scheduler::PreparedMessage { queue, lane, weight, delay, id, record })
             })
             .collect();
         self.ask(|reply| Command::Enqueue { items, reply }).await
@@ -293,11 +298,13 @@ impl Broker {
         self.ask(|reply| Command::Extend { items, reply }).await
     }
 
+    /// Creates a queue and its dead-letter queue (`<name>.dlq`).
     pub async fn create_queue(
         &self,
         name: &str,
         visibility_timeout_ms: u64,
         quantum: u32,
+        max_attempts: u32,
     ) -> Result<QueueInfo, BrokerError> {
         let name = QueueName::parse_for_create(name)?;
         let settings = QueueSettings {
@@ -307,6 +314,7 @@ impl Broker {
                 crate::domain::queue::DEFAULT_VISIBILITY_TIMEOUT,
             )?,
             quantum: quantum_from_wire(quantum)?,
+            max_attempts: max_attempts_from_wire(max_attempts)?,
         };
         self.ask(|reply| Command::CreateQueue { name, settings, reply }).await?
     }
@@ -400,6 +408,27 @@ impl Broker {
     pub async fn delete_config(&self, key: &str) -> Result<(), BrokerError> {
         let key = parse_config_key(key)?.to_owned();
         self.ask(|reply| Command::DeleteConfig { key, reply }).await?
+    }
+
+    /// Moves up to `max_messages` (0 = all) ready dead letters of `queue`
+    /// back to it; returns how many moved. Works in chunks, each committed
+    /// atomically, so other work keeps flowing during a large redrive.
+    pub async fn redrive(&self, queue: &str, max_messages: u64) -> Result<u64, BrokerError> {
+        const CHUNK: u64 = 10_000;
+        let queue = QueueName::parse(queue)?;
+        let mut moved = 0;
+        loop {
+            let want = if max_messages == 0 { CHUNK } else { (max_messages - moved).min(CHUNK) };
+            if want == 0 {
+                return Ok(moved);
+            }
+            let queue = queue.clone();
+            let done = self.ask(|reply| Command::Redrive { queue, limit: want as usize, reply }).await??;
+            moved += done;
+            if done < want {
+                return Ok(moved);
+            }
+        }
     }
 
     /// Ends every delivery stream and refuses new ones: the first step of a

@@ -82,6 +82,8 @@ pub struct QueueState {
     pub consumers: u32,
     pub pending: u64,
     pub in_flight: u64,
+    /// Messages waiting out a delay in storage (not in any lane yet).
+    pub delayed: u64,
 }
 
 impl QueueState {
@@ -96,6 +98,7 @@ impl QueueState {
             consumers: 0,
             pending: 0,
             in_flight: 0,
+            delayed: 0,
         }
     }
 
@@ -180,7 +183,7 @@ impl QueueState {
     }
 
     pub fn depth(&self) -> u64 {
-        self.pending + self.in_flight
+        self.pending + self.in_flight + self.delayed
     }
 }
 

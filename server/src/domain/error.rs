@@ -64,6 +64,10 @@ pub enum ValidationError {
     QuantumOutOfRange { value: u32, max: u32 },
     #[error("fairness key must be 1 to {max} bytes long")]
     BadFairnessKey { max: usize },
+    #[error("max_attempts {value} is out of range; use 1 to {max} (0 means the default, 10)")]
+    MaxAttemptsOutOfRange { value: u32, max: u32 },
+    #[error("delay of {value} ms is out of range; the maximum is {max} ms")]
+    DelayOutOfRange { value: u64, max: u64 },
     #[error("configuration keys must be 1 to {max} bytes long")]
     BadConfigKey { max: usize },
     #[error("configuration value is {size} bytes; the maximum is {max} bytes")]

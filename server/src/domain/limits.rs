@@ -10,6 +10,8 @@ pub const MAX_THROTTLE_KEYS: usize = 16;
 pub const MAX_THROTTLE_KEY_BYTES: usize = 256;
 pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const MAX_NACK_ERROR_BYTES: usize = 4096;
+/// Longest delay of a delayed enqueue or retry: 30 days.
+pub const MAX_DELAY_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Limits the operator may configure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::error::ValidationError;
 use super::limits::{
-    Limits, MAX_FAIRNESS_KEY_BYTES, MAX_HEADERS_BYTES, MAX_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, MAX_WEIGHT,
+    Limits, MAX_DELAY_MS, MAX_FAIRNESS_KEY_BYTES, MAX_HEADERS_BYTES, MAX_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES,
+    MAX_WEIGHT,
 };
 
 /// Fairness key of messages whose producer (or script) set none.
@@ -59,6 +60,8 @@ pub struct NewMessage {
     /// 0 means "not set": the key keeps its weight (1 for a new key).
     pub weight: u32,
     pub throttle_keys: Vec<String>,
+    /// Milliseconds before the message may be delivered; 0 = at once.
+    pub delay_ms: u64,
 }
 
 impl NewMessage {
@@ -98,6 +101,9 @@ impl NewMessage {
         }
         if self.throttle_keys.iter().any(|k| k.is_empty() || k.len() > MAX_THROTTLE_KEY_BYTES) {
             return Err(ValidationError::BadThrottleKey { max: MAX_THROTTLE_KEY_BYTES });
+        }
+        if self.delay_ms > MAX_DELAY_MS {
+            return Err(ValidationError::DelayOutOfRange { value: self.delay_ms, max: MAX_DELAY_MS });
         }
         Ok(self)
     }

@@ -16,6 +16,10 @@ pub const MAX_VISIBILITY_TIMEOUT_MS: u64 = 12 * 60 * 60 * 1000;
 /// Default DRR quantum: deliveries per unit of weight in one turn of a key.
 pub const DEFAULT_QUANTUM: u32 = 1;
 pub const MAX_QUANTUM: u32 = 10_000;
+/// Failed attempts after which the default failure policy dead-letters a
+/// message.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+pub const MAX_MAX_ATTEMPTS: u32 = 1000;
 const DLQ_SUFFIX: &str = ".dlq";
 
 /// A validated queue name.
@@ -50,6 +54,16 @@ impl QueueName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name of this queue's dead-letter queue.
+    pub fn dead_letter(&self) -> QueueName {
+        QueueName(format!("{}{DLQ_SUFFIX}", self.0))
+    }
+
+    /// Whether this is a dead-letter queue.
+    pub fn is_dead_letter(&self) -> bool {
+        self.0.ends_with(DLQ_SUFFIX)
+    }
 }
 
 impl fmt::Display for QueueName {
@@ -65,11 +79,27 @@ pub struct QueueSettings {
     /// Deliveries a fairness key of weight 1 gets per turn (DRR quantum); a
     /// key of weight w gets `quantum × w`.
     pub quantum: u32,
+    /// Failed attempts after which the default failure policy moves a
+    /// message to the dead-letter queue.
+    pub max_attempts: u32,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        QueueSettings { visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT, quantum: DEFAULT_QUANTUM }
+        QueueSettings {
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            quantum: DEFAULT_QUANTUM,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// Checks a wire max_attempts (0 = the default).
+pub fn max_attempts_from_wire(value: u32) -> Result<u32, ValidationError> {
+    match value {
+        0 => Ok(DEFAULT_MAX_ATTEMPTS),
+        1..=MAX_MAX_ATTEMPTS => Ok(value),
+        _ => Err(ValidationError::MaxAttemptsOutOfRange { value, max: MAX_MAX_ATTEMPTS }),
     }
 }
 

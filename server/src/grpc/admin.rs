@@ -28,7 +28,7 @@ impl FilaAdmin for AdminApi {
         let settings = req.settings.unwrap_or_default();
         let info = self
             .broker
-            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum)
+            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum, settings.max_attempts)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateQueueResponse { queue: Some(convert::queue_info(info)) }))
@@ -141,5 +141,11 @@ impl FilaAdmin for AdminApi {
     ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
         self.broker.delete_config(&request.into_inner().key).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteConfigResponse {}))
+    }
+
+    async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<Response<pb::RedriveResponse>, Status> {
+        let req = request.into_inner();
+        let moved = self.broker.redrive(&req.queue, req.max_messages).await.map_err(to_status)?;
+        Ok(Response::new(pb::RedriveResponse { moved }))
     }
 }

@@ -26,6 +26,7 @@ pub fn new_message(m: pb::EnqueueMessage) -> NewMessage {
         fairness_key: m.fairness_key,
         weight: m.weight,
         throttle_keys: m.throttle_keys,
+        delay_ms: m.delay_ms,
     }
 }
 
@@ -46,6 +47,7 @@ pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
                 weight: record.weight.max(1),
                 throttle_keys: record.throttle_keys,
                 attempt_count: record.failures + 1,
+                last_error: record.last_error,
             }),
             timestamps: Some(pb::MessageTimestamps {
                 enqueued_at: Some(timestamp_from_millis(record.enqueued_at_ms)),
@@ -63,10 +65,12 @@ pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
         settings: Some(pb::QueueSettings {
             visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64,
             quantum: q.settings.quantum,
+            max_attempts: q.settings.max_attempts,
         }),
         depth: q.depth,
         in_flight: q.in_flight,
         consumers: q.consumers,
+        delayed: q.delayed,
     }
 }
 

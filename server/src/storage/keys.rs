@@ -95,13 +95,67 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses an index value back into lane, sequence and weight.
-pub fn parse_index_value(bytes: &[u8]) -> Option<(Lane, u64, u32)> {
+/// Where the index says a message is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub lane: Lane,
+    /// Sequence in the lane (0 while delayed).
+    pub seq: u64,
+    pub weight: u32,
+    /// Set while the message waits in `delayed` until this time (Unix ms).
+    pub due_ms: Option<u64>,
+}
+
+/// The index value of a delayed message: its lane, weight and due time.
+pub fn delayed_index_value(lane: &Lane, weight: u32, due_ms: u64) -> Vec<u8> {
+    let mut out = index_value(lane, 0, weight);
+    out.extend_from_slice(&due_ms.to_be_bytes());
+    out
+}
+
+/// Parses an index value (ready or delayed).
+pub fn parse_index_value(bytes: &[u8]) -> Option<IndexEntry> {
     let mut r = Reader(bytes);
     let lane = r.lane()?;
     let seq = r.u64()?;
     let weight = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
-    r.0.is_empty().then_some((lane, seq, weight))
+    let due_ms = if r.0.is_empty() { None } else { Some(r.u64()?) };
+    r.0.is_empty().then_some(IndexEntry { lane, seq, weight, due_ms })
+}
+
+/// `due_ms(8) | queue(8) | message_id(16)`: delayed messages in due order
+/// across all queues, so "what is due now" is a scan from the start.
+pub fn delayed_key(due_ms: u64, queue: QueueId, id: MessageId) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(&due_ms.to_be_bytes());
+    out[8..16].copy_from_slice(&queue_prefix(queue));
+    out[16..].copy_from_slice(&id.to_bytes());
+    out
+}
+
+pub fn parse_delayed_key(key: &[u8]) -> Option<(u64, QueueId, MessageId)> {
+    let mut r = Reader(key);
+    let due = r.u64()?;
+    let queue = r.u64()?;
+    let id = MessageId::from_slice(r.take(16)?)?;
+    r.0.is_empty().then_some((due, queue, id))
+}
+
+/// The value of a delayed message: `lane | weight(4) | record`.
+pub fn delayed_value(lane: &Lane, weight: u32, record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + record.len());
+    encode_lane(&mut out, lane);
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(record);
+    out
+}
+
+/// Parses a delayed value into lane, weight and the record bytes.
+pub fn parse_delayed_value(bytes: &[u8]) -> Option<(Lane, u32, &[u8])> {
+    let mut r = Reader(bytes);
+    let lane = r.lane()?;
+    let weight = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+    Some((lane, weight, r.0))
 }
 
 /// Parses a message key into queue, lane and sequence.
@@ -154,7 +208,14 @@ mod tests {
         let key = message_key(3, &l, 42);
         assert_eq!(parse_message_key(&key), Some((3, l.clone(), 42)));
         assert_eq!(parse_message_key(&key[..key.len() - 1]), None);
-        assert_eq!(parse_index_value(&index_value(&l, 7, 3)), Some((l, 7, 3)));
+        let entry = IndexEntry { lane: l.clone(), seq: 7, weight: 3, due_ms: None };
+        assert_eq!(parse_index_value(&index_value(&l, 7, 3)), Some(entry));
+        let delayed = IndexEntry { lane: l.clone(), seq: 0, weight: 3, due_ms: Some(99) };
+        assert_eq!(parse_index_value(&delayed_index_value(&l, 3, 99)), Some(delayed));
+        let id = MessageId::generate();
+        assert_eq!(parse_delayed_key(&delayed_key(99, 3, id)), Some((99, 3, id)));
+        let value = delayed_value(&l, 2, b"record");
+        assert_eq!(parse_delayed_value(&value), Some((l, 2, &b"record"[..])));
     }
 
     #[test]

@@ -64,6 +64,22 @@ pub enum Change {
         key: String,
         value: String,
     },
+    /// A message that becomes ready at `due_ms` (Unix ms).
+    PutDelayed {
+        queue: QueueId,
+        lane: Lane,
+        id: MessageId,
+        weight: u32,
+        due_ms: u64,
+        record: Bytes,
+    },
+    /// Removes a delayed entry (it became ready, or its queue is gone). The
+    /// index entry is left to whoever replaces it.
+    DeleteDelayed {
+        queue: QueueId,
+        id: MessageId,
+        due_ms: u64,
+    },
     DeleteConfig {
         key: String,
     },
@@ -97,6 +113,17 @@ pub struct StoredMessage {
     pub record: Bytes,
 }
 
+/// A delayed message read back when it is due.
+#[derive(Debug, Clone)]
+pub struct DueMessage {
+    pub due_ms: u64,
+    pub queue: QueueId,
+    pub id: MessageId,
+    pub lane: Lane,
+    pub weight: u32,
+    pub record: Bytes,
+}
+
 /// Stored messages of one lane found at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredLane {
@@ -119,6 +146,10 @@ pub struct Recovered {
     pub weights: Vec<(QueueId, String, u32)>,
     /// Runtime configuration entries.
     pub config: Vec<(String, String)>,
+    /// Delayed messages per queue.
+    pub delayed: Vec<(QueueId, u64)>,
+    /// When the earliest delayed message is due (Unix ms).
+    pub next_due_ms: Option<u64>,
 }
 
 /// Durable broker state.
@@ -137,6 +168,9 @@ pub trait Store: Send + 'static {
         limit: usize,
         out: &mut Vec<StoredMessage>,
     ) -> Result<(), StorageError>;
+    /// Appends to `out` up to `limit` delayed messages due at or before
+    /// `now_ms`, earliest first; returns when the next one not taken is due.
+    fn read_due(&self, now_ms: u64, limit: usize, out: &mut Vec<DueMessage>) -> Result<Option<u64>, StorageError>;
     /// Whether a message with this id is stored in the queue.
     fn contains_message(&self, queue: QueueId, id: MessageId) -> Result<bool, StorageError>;
     /// Starts reclaiming the disk space of a deleted queue in the background.

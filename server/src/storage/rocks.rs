@@ -8,7 +8,7 @@ use rocksdb::{
 };
 
 use super::keys;
-use super::{Change, ChangeSet, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
+use super::{Change, ChangeSet, DueMessage, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
 use crate::domain::{Lane, MessageId, QueueId, QueueSettings, StorageError, ThrottleLimit};
 
 const CF_QUEUES: &str = "queues";
@@ -18,6 +18,7 @@ const CF_META: &str = "meta";
 const CF_THROTTLES: &str = "throttles";
 const CF_WEIGHTS: &str = "weights";
 const CF_CONFIG: &str = "config";
+const CF_DELAYED: &str = "delayed";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
 
 /// Queue definition as stored in the `queues` column family.
@@ -32,6 +33,9 @@ struct QueueRecord {
     /// 0 in records written before quanta existed: the default.
     #[prost(uint32, tag = "4")]
     quantum: u32,
+    /// 0 in records written before it existed: the default.
+    #[prost(uint32, tag = "5")]
+    max_attempts: u32,
 }
 
 /// A throttle limit as stored in the `throttles` column family.
@@ -72,6 +76,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_THROTTLES, Options::default()),
             ColumnFamilyDescriptor::new(CF_WEIGHTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_CONFIG, Options::default()),
+            ColumnFamilyDescriptor::new(CF_DELAYED, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
         Ok(RocksStore { db: Arc::new(db), sync_writes })
@@ -92,6 +97,8 @@ impl RocksStore {
                 name: rec.name,
                 settings: QueueSettings {
                     visibility_timeout: std::time::Duration::from_millis(rec.visibility_timeout_ms),
+                    max_attempts: crate::domain::queue::max_attempts_from_wire(rec.max_attempts)
+                        .unwrap_or(crate::domain::queue::DEFAULT_MAX_ATTEMPTS),
                     quantum: crate::domain::queue::quantum_from_wire(rec.quantum)
                         .unwrap_or(crate::domain::queue::DEFAULT_QUANTUM),
                 },
@@ -102,7 +109,9 @@ impl RocksStore {
 
     /// Counts stored messages per lane from the compact index rather than
     /// the message bodies.
-    fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64), StorageError> {
+    #[allow(clippy::type_complexity)]
+    fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64, Vec<(QueueId, u64)>), StorageError> {
+        let mut delayed = std::collections::BTreeMap::<QueueId, u64>::new();
         let mut lanes: Vec<RecoveredLane> = Vec::new();
         let mut positions = std::collections::HashMap::<(QueueId, Lane), usize>::new();
         let mut max_seq = 0;
@@ -111,7 +120,12 @@ impl RocksStore {
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             let corrupt = || StorageError::Corrupt(format!("message index entry {key:?}"));
             let (queue, _) = keys::parse_index_key(key).ok_or_else(corrupt)?;
-            let (lane, seq, weight) = keys::parse_index_value(value).ok_or_else(corrupt)?;
+            let keys::IndexEntry { lane, seq, weight, due_ms } = keys::parse_index_value(value).ok_or_else(corrupt)?;
+            if due_ms.is_some() {
+                *delayed.entry(queue).or_default() += 1;
+                iter.next();
+                continue;
+            }
             max_seq = max_seq.max(seq);
             let slot = *positions.entry((queue, lane.clone())).or_insert_with(|| {
                 lanes.push(RecoveredLane { queue, lane, pending: 0, latest_weight: None });
@@ -125,7 +139,15 @@ impl RocksStore {
             iter.next();
         }
         iter.status().map_err(io)?;
-        Ok((lanes, max_seq))
+        Ok((lanes, max_seq, delayed.into_iter().collect()))
+    }
+
+    fn first_due(&self) -> Result<Option<u64>, StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_DELAYED));
+        iter.seek_to_first();
+        let first = iter.key().and_then(keys::parse_delayed_key).map(|(due, _, _)| due);
+        iter.status().map_err(io)?;
+        Ok(first)
     }
 
     fn recover_throttles(&self) -> Result<Vec<(String, ThrottleLimit)>, StorageError> {
@@ -168,7 +190,7 @@ impl RocksStore {
 impl Store for RocksStore {
     fn recover(&self) -> Result<Recovered, StorageError> {
         let queues = self.recover_queues()?;
-        let (lanes, max_seq) = self.recover_lanes()?;
+        let (lanes, max_seq, delayed) = self.recover_lanes()?;
         let stored_next = self
             .db
             .get_cf(self.cf(CF_META), NEXT_QUEUE_ID)
@@ -184,6 +206,8 @@ impl Store for RocksStore {
             throttles: self.recover_throttles()?,
             weights: self.recover_weights()?,
             config: self.recover_config()?,
+            delayed,
+            next_due_ms: self.first_due()?,
         })
     }
 
@@ -197,6 +221,7 @@ impl Store for RocksStore {
                         name: def.name.clone(),
                         visibility_timeout_ms: def.settings.visibility_timeout.as_millis() as u64,
                         quantum: def.settings.quantum,
+                        max_attempts: def.settings.max_attempts,
                     };
                     batch.put_cf(self.cf(CF_QUEUES), def.name.as_bytes(), prost::Message::encode_to_vec(&rec));
                 }
@@ -236,6 +261,15 @@ impl Store for RocksStore {
                 }
                 Change::PutConfig { key, value } => batch.put_cf(self.cf(CF_CONFIG), key.as_bytes(), value.as_bytes()),
                 Change::DeleteConfig { key } => batch.delete_cf(self.cf(CF_CONFIG), key.as_bytes()),
+                Change::PutDelayed { queue, lane, id, weight, due_ms, record } => {
+                    let key = keys::delayed_key(*due_ms, *queue, *id);
+                    batch.put_cf(self.cf(CF_DELAYED), key, keys::delayed_value(lane, *weight, record));
+                    let index = keys::delayed_index_value(lane, *weight, *due_ms);
+                    batch.put_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id), index);
+                }
+                Change::DeleteDelayed { queue, id, due_ms } => {
+                    batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id))
+                }
             }
         }
         let mut opts = WriteOptions::default();
@@ -268,6 +302,26 @@ impl Store for RocksStore {
             iter.next();
         }
         iter.status().map_err(io)
+    }
+
+    fn read_due(&self, now_ms: u64, limit: usize, out: &mut Vec<DueMessage>) -> Result<Option<u64>, StorageError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_DELAYED));
+        iter.seek_to_first();
+        let mut next = None;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let corrupt = || StorageError::Corrupt(format!("delayed message {key:?}"));
+            let (due_ms, queue, id) = keys::parse_delayed_key(key).ok_or_else(corrupt)?;
+            if due_ms > now_ms || out.len() >= limit {
+                next = Some(due_ms);
+                break;
+            }
+            let (lane, weight, record) = keys::parse_delayed_value(value).ok_or_else(corrupt)?;
+            let record = bytes::Bytes::copy_from_slice(record);
+            out.push(DueMessage { due_ms, queue, id, lane, weight, record });
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        Ok(next)
     }
 
     fn contains_message(&self, queue: QueueId, id: MessageId) -> Result<bool, StorageError> {

@@ -17,9 +17,10 @@ use super::throttle::Throttles;
 
 mod config;
 mod dispatch;
+mod failures;
 mod limits;
 use super::{ConfigPage, QueueInfo, QueuePage, QueueStats, ThrottleInfo, ThrottlePage};
-use crate::domain::message::MessageRecord;
+use crate::domain::message::unix_millis;
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
     ThrottleLimit,
@@ -44,6 +45,8 @@ pub struct PreparedMessage {
     pub lane: Lane,
     /// As sent by the producer; 0 = none.
     pub weight: u32,
+    /// How long before the message may be delivered.
+    pub delay: Duration,
     pub id: MessageId,
     pub record: Bytes,
 }
@@ -134,6 +137,11 @@ pub enum Command {
     DeleteConfig {
         key: String,
         reply: Reply<Result<(), BrokerError>>,
+    },
+    Redrive {
+        queue: QueueName,
+        limit: usize,
+        reply: Reply<Result<u64, BrokerError>>,
     },
     CloseStreams {
         reply: Reply<()>,
@@ -227,6 +235,8 @@ pub struct Scheduler<S: Store> {
     next_ticket: u64,
     /// Runtime configuration (`fila.get` in scripts), in key order.
     config: BTreeMap<String, String>,
+    /// When the earliest delayed message is due (Unix ms), if any.
+    next_due_ms: Option<u64>,
     closing: bool,
 }
 
@@ -250,6 +260,7 @@ impl<S: Store> Scheduler<S> {
             parked: BTreeMap::new(),
             next_ticket: 1,
             config: recovered.config.iter().cloned().collect(),
+            next_due_ms: recovered.next_due_ms,
             closing: false,
         };
         for def in recovered.queues {
@@ -277,6 +288,11 @@ impl<S: Store> Scheduler<S> {
         for ((queue, key), (_, weight)) in latest_weights {
             if let Some(state) = scheduler.queues.get_mut(&queue).and_then(|q| q.keys.get_mut(&key)) {
                 state.message_weight = weight;
+            }
+        }
+        for (queue, count) in recovered.delayed {
+            if let Some(q) = scheduler.queues.get_mut(&queue) {
+                q.delayed = count;
             }
         }
         for (queue, key, weight) in recovered.weights {
@@ -331,10 +347,11 @@ impl<S: Store> Scheduler<S> {
     /// Waits for a command or the next lease deadline.
     fn wait(&self, inbox: &Receiver<Command>) -> Wake {
         let next_unpark = self.parked.first_key_value().map(|(&(at, _), _)| at);
-        let next = match (self.leases.next_deadline(), next_unpark) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next_due = self.next_due_ms.map(|due| {
+            let now_ms = unix_millis(SystemTime::now());
+            Instant::now() + Duration::from_millis(due.saturating_sub(now_ms))
+        });
+        let next = [self.leases.next_deadline(), next_unpark, next_due].into_iter().flatten().min();
         let received = match next {
             Some(deadline) => match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => return Wake::Deadline,
@@ -353,6 +370,7 @@ impl<S: Store> Scheduler<S> {
         let mut round = Round::default();
         self.expire_leases(now, &mut round);
         self.wake_parked(now);
+        self.promote_due(wall, &mut round)?;
         let mut shutdown = None;
         for command in commands {
             match command {
@@ -462,6 +480,10 @@ impl<S: Store> Scheduler<S> {
                 let result = self.delete_config(key, round);
                 round.answer(reply, result);
             }
+            Command::Redrive { queue, limit, reply } => {
+                let result = self.redrive(&queue, limit, round);
+                round.answer(reply, result);
+            }
             Command::CloseStreams { reply } => {
                 self.closing = true;
                 self.close_all_streams(BrokerError::ShuttingDown);
@@ -483,6 +505,12 @@ impl<S: Store> Scheduler<S> {
 
     fn enqueue(&mut self, message: PreparedMessage, round: &mut Round) -> Result<MessageId, BrokerError> {
         let queue_id = self.queue_id(&message.queue)?;
+        if !message.delay.is_zero() {
+            let due_ms = unix_millis(SystemTime::now() + message.delay);
+            self.put_delayed(queue_id, message.lane, message.id, message.weight, due_ms, message.record, round);
+            round.changes.needs_sync = true;
+            return Ok(message.id);
+        }
         let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -594,37 +622,6 @@ impl<S: Store> Scheduler<S> {
         }
     }
 
-    /// Makes a leased message ready again at the tail of its fairness key,
-    /// counting a failed attempt.
-    fn retry(&mut self, lease: Lease, error: String, round: &mut Round) -> Result<(), BrokerError> {
-        let queue_id = lease.token.queue;
-        let mut record = MessageRecord::decode_bytes(lease.record.clone())
-            .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", lease.token.message)))?;
-        record.failures += 1;
-        record.last_error = error;
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        round.changes.push(Change::DeleteMessage {
-            queue: queue_id,
-            lane: lease.lane.clone(),
-            seq: lease.seq,
-            id: lease.token.message,
-        });
-        round.changes.push(Change::PutMessage {
-            queue: queue_id,
-            lane: lease.lane.clone(),
-            seq,
-            id: lease.token.message,
-            weight: record.weight,
-            record: record.encode_bytes(),
-        });
-        if let Some(queue) = self.queues.get_mut(&queue_id) {
-            queue.add_ready(&lease.lane, 1, None);
-        }
-        self.lease_ended(&lease);
-        Ok(())
-    }
-
     /// Bookkeeping when a lease ends for any reason.
     fn lease_ended(&mut self, lease: &Lease) {
         let Some(queue) = self.queues.get_mut(&lease.token.queue) else { return };
@@ -662,6 +659,7 @@ impl<S: Store> Scheduler<S> {
             settings: queue.def.settings,
             depth: queue.depth(),
             in_flight: queue.in_flight,
+            delayed: queue.delayed,
             consumers: queue.consumers,
         }
     }
@@ -675,6 +673,14 @@ impl<S: Store> Scheduler<S> {
         if self.names.contains_key(name.as_str()) {
             return Err(QueueError::AlreadyExists(name.to_string()).into());
         }
+        let info = self.add_queue(&name, settings, round);
+        if !name.is_dead_letter() {
+            self.add_queue(&name.dead_letter(), QueueSettings::default(), round);
+        }
+        Ok(info)
+    }
+
+    fn add_queue(&mut self, name: &QueueName, settings: QueueSettings, round: &mut Round) -> QueueInfo {
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let def = QueueDef { id, name: name.to_string(), settings };
@@ -685,10 +691,20 @@ impl<S: Store> Scheduler<S> {
         let info = Self::info(&state);
         self.names.insert(name.to_string(), id);
         self.queues.insert(id, state);
-        Ok(info)
+        info
     }
 
+    /// Deletes a queue and its dead-letter queue; returns how many messages
+    /// went with them.
     fn delete_queue(&mut self, name: &QueueName, round: &mut Round) -> Result<u64, BrokerError> {
+        let mut deleted = self.remove_queue(name, round)?;
+        if !name.is_dead_letter() {
+            deleted += self.remove_queue(&name.dead_letter(), round).unwrap_or(0);
+        }
+        Ok(deleted)
+    }
+
+    fn remove_queue(&mut self, name: &QueueName, round: &mut Round) -> Result<u64, BrokerError> {
         let id = self.queue_id(name)?;
         self.names.remove(name.as_str());
         let queue = self.queues.remove(&id).expect("named queues exist");

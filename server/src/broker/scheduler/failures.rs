@@ -1,0 +1,183 @@
+//! Failed attempts, delays and dead letters: where a message goes after a
+//! nack or an expired lease, and how delayed messages become ready.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::{Round, Scheduler};
+use crate::broker::failure_policy::{default_action, FailureAction};
+use crate::broker::leases::Lease;
+use crate::domain::message::{unix_millis, MessageRecord};
+use crate::domain::{BrokerError, Lane, MessageId, QueueId, QueueName, StorageError, ThrottleSet};
+use crate::storage::{Change, DueMessage, Store};
+
+/// Most delayed messages made ready in one round, so a burst of due
+/// messages cannot stall everything else.
+const MAX_DUE_PER_ROUND: usize = 4096;
+
+impl<S: Store> Scheduler<S> {
+    /// Handles a failed attempt: counts it and retries (at once or after a
+    /// delay) or dead-letters the message, as the failure policy decides.
+    pub(super) fn retry(&mut self, lease: Lease, error: String, round: &mut Round) -> Result<(), BrokerError> {
+        let queue_id = lease.token.queue;
+        let mut record = MessageRecord::decode_bytes(lease.record.clone())
+            .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", lease.token.message)))?;
+        record.failures += 1;
+        record.last_error = error;
+        let Some(queue) = self.queues.get(&queue_id) else { return Ok(()) };
+        let name = QueueName::parse(&queue.def.name).expect("stored queue names are valid");
+        let dead_letter_queue =
+            if name.is_dead_letter() { None } else { self.names.get(name.dead_letter().as_str()).copied() };
+        let action = default_action(record.failures, queue.def.settings.max_attempts, dead_letter_queue.is_some());
+        round.changes.push(Change::DeleteMessage {
+            queue: queue_id,
+            lane: lease.lane.clone(),
+            seq: lease.seq,
+            id: lease.token.message,
+        });
+        self.lease_ended(&lease);
+        let id = lease.token.message;
+        match (action, dead_letter_queue) {
+            (FailureAction::DeadLetter, Some(dlq)) => self.dead_letter(dlq, id, record, round),
+            (FailureAction::Retry { delay }, _) if !delay.is_zero() => {
+                let due_ms = unix_millis(SystemTime::now() + delay);
+                self.put_delayed(queue_id, lease.lane, id, record.weight, due_ms, record.encode_bytes(), round);
+            }
+            _ => self.put_ready(queue_id, &lease.lane, id, record.weight, record.encode_bytes(), round),
+        }
+        Ok(())
+    }
+
+    /// Stores a message at the tail of its lane, ready now.
+    fn put_ready(
+        &mut self,
+        queue_id: QueueId,
+        lane: &Lane,
+        id: MessageId,
+        weight: u32,
+        record: Bytes,
+        round: &mut Round,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        round.changes.push(Change::PutMessage { queue: queue_id, lane: lane.clone(), seq, id, weight, record });
+        if let Some(queue) = self.queues.get_mut(&queue_id) {
+            queue.add_ready(lane, 1, None);
+        }
+        Self::mark_dirty(&mut self.dirty, queue_id);
+    }
+
+    /// Moves a message to a dead-letter queue, keeping its headers, payload,
+    /// attempt count and last error. It is not throttled there.
+    fn dead_letter(&mut self, dlq: QueueId, id: MessageId, record: MessageRecord, round: &mut Round) {
+        let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::default());
+        self.put_ready(dlq, &lane, id, record.weight, record.encode_bytes(), round);
+    }
+
+    /// Stores a message that becomes ready at `due_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn put_delayed(
+        &mut self,
+        queue_id: QueueId,
+        lane: Lane,
+        id: MessageId,
+        weight: u32,
+        due_ms: u64,
+        record: Bytes,
+        round: &mut Round,
+    ) {
+        round.changes.push(Change::PutDelayed { queue: queue_id, lane, id, weight, due_ms, record });
+        if let Some(queue) = self.queues.get_mut(&queue_id) {
+            queue.delayed += 1;
+        }
+        self.next_due_ms = Some(self.next_due_ms.map_or(due_ms, |next| next.min(due_ms)));
+    }
+
+    /// Makes delayed messages whose time has come ready, at the tail of
+    /// their lanes.
+    pub(super) fn promote_due(&mut self, wall: SystemTime, round: &mut Round) -> Result<(), StorageError> {
+        let now_ms = unix_millis(wall);
+        if self.next_due_ms.is_none_or(|due| due > now_ms) {
+            return Ok(());
+        }
+        let mut due: Vec<DueMessage> = Vec::new();
+        self.next_due_ms = self.store.read_due(now_ms, MAX_DUE_PER_ROUND, &mut due)?;
+        for message in due {
+            round.changes.push(Change::DeleteDelayed { queue: message.queue, id: message.id, due_ms: message.due_ms });
+            // A message of a deleted queue is simply dropped.
+            let Some(queue) = self.queues.get_mut(&message.queue) else { continue };
+            queue.delayed -= 1;
+            let weight = (message.weight > 0).then_some(message.weight);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            queue.add_ready(&message.lane, 1, weight);
+            round.changes.push(Change::PutMessage {
+                queue: message.queue,
+                lane: message.lane,
+                seq,
+                id: message.id,
+                weight: message.weight,
+                record: message.record,
+            });
+            Self::mark_dirty(&mut self.dirty, message.queue);
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Scheduler<S> {
+    /// Moves up to `limit` ready messages from `source`'s dead-letter queue
+    /// back to `source`, with their attempt counts reset. Each move (delete
+    /// there, put here) is in this round's atomic batch.
+    pub(super) fn redrive(&mut self, source: &QueueName, limit: usize, round: &mut Round) -> Result<u64, BrokerError> {
+        let source_id = self.queue_id(source)?;
+        let dlq_name = source.dead_letter();
+        let dlq_id = self.queue_id(&dlq_name)?;
+        let mut moved: Vec<(Lane, MessageId, MessageRecord)> = Vec::new();
+        let Scheduler { queues, store, buffered_bytes, .. } = self;
+        let dlq = queues.get_mut(&dlq_id).expect("named queues exist");
+        let keys: Vec<Arc<str>> = dlq.keys.keys().cloned().collect();
+        'keys: for key in keys {
+            let state = dlq.keys.get_mut(&key).expect("listed above");
+            for lane in state.lanes.iter_mut().filter(|l| l.pending > 0) {
+                // Read from storage rather than the read-ahead buffer, so the
+                // buffer never holds a message that moved.
+                if let Some(front) = lane.buffer.front() {
+                    lane.cursor = front.seq - 1;
+                }
+                *buffered_bytes -= lane.buffer.drain(..).map(|m| m.record.len()).sum::<usize>();
+                let mut read = Vec::new();
+                let want = (lane.pending as usize).min(limit - moved.len());
+                store.read_ready(dlq_id, &lane.lane, lane.cursor, want, &mut read)?;
+                for message in read {
+                    let mut record = MessageRecord::decode_bytes(message.record)
+                        .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", message.id)))?;
+                    record.failures = 0;
+                    round.changes.push(Change::DeleteMessage {
+                        queue: dlq_id,
+                        lane: lane.lane.clone(),
+                        seq: message.seq,
+                        id: message.id,
+                    });
+                    lane.cursor = message.seq;
+                    lane.pending -= 1;
+                    state.pending -= 1;
+                    dlq.pending -= 1;
+                    let origin =
+                        Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
+                    moved.push((origin, message.id, record));
+                }
+                if moved.len() >= limit {
+                    break 'keys;
+                }
+            }
+        }
+        let count = moved.len() as u64;
+        for (lane, id, record) in moved {
+            self.put_ready(source_id, &lane, id, record.weight, record.encode_bytes(), round);
+        }
+        Ok(count)
+    }
+}

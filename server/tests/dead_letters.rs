@@ -1,0 +1,145 @@
+//! Failure policy, delays, dead-letter queues and redrive through the real
+//! binary over gRPC.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_no_delivery, next_delivery, TestServer};
+use fila_sdk::{Client, Code, LeaseOptions, NewMessage, QueueOptions};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn window(n: u32) -> LeaseOptions {
+    LeaseOptions { max_in_flight: Some(n), visibility_timeout: None }
+}
+
+async fn info(client: &Client, name: &str) -> fila_sdk::QueueInfo {
+    client.list_queues().await.unwrap().into_iter().find(|q| q.name == name).expect("queue listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_enqueue_is_not_delivered_early_and_survives_a_restart() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("q", QueueOptions::default()).await.unwrap();
+    let sent = Instant::now();
+    client.enqueue(NewMessage::new("q", "later").delay(Duration::from_millis(1500))).await.unwrap();
+    client.enqueue(NewMessage::new("q", "now")).await.unwrap();
+    let q = info(&client, "q").await;
+    assert_eq!((q.depth, q.delayed), (2, 1));
+
+    server.restart().await;
+    let client = server.client().await;
+    let mut stream = client.lease("q", window(10)).await.unwrap();
+    assert_eq!(&next_delivery(&mut stream, WAIT).await.payload[..], b"now");
+    let later = next_delivery(&mut stream, WAIT).await;
+    assert_eq!(&later.payload[..], b"later");
+    assert!(sent.elapsed() >= Duration::from_millis(1500), "delivered after {:?}", sent.elapsed());
+    assert_eq!(info(&client, "q").await.delayed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_messages_back_off_then_go_to_the_dead_letter_queue_with_their_history() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("jobs", QueueOptions { max_attempts: Some(3), ..Default::default() }).await.unwrap();
+    assert_eq!(info(&client, "jobs").await.max_attempts, 3);
+    client.enqueue(NewMessage::new("jobs", "poison").header("k", "v").fairness_key("tenant")).await.unwrap();
+
+    let mut stream = client.lease("jobs", window(10)).await.unwrap();
+    let mut nacked_at = None;
+    for attempt in 1..=3 {
+        let d = next_delivery(&mut stream, WAIT).await;
+        assert_eq!(d.attempt, attempt);
+        if let Some(at) = nacked_at {
+            let waited: Duration = Instant::now() - at;
+            let backoff = Duration::from_millis(100 << (attempt - 2));
+            assert!(waited >= backoff, "attempt {attempt} came after {waited:?}, before its backoff {backoff:?}");
+        }
+        client.nack(&d.lease_token, &format!("failure {attempt}")).await.unwrap();
+        nacked_at = Some(Instant::now());
+    }
+    assert_no_delivery(&mut stream, Duration::from_millis(500)).await;
+    assert_eq!(info(&client, "jobs").await.depth, 0);
+
+    let mut dead = client.lease("jobs.dlq", window(10)).await.unwrap();
+    let d = next_delivery(&mut dead, WAIT).await;
+    assert_eq!(&d.payload[..], b"poison");
+    assert_eq!(d.headers.get("k").map(String::as_str), Some("v"));
+    assert_eq!(d.fairness_key, "tenant");
+    assert_eq!(d.attempt, 4, "three failed attempts are kept");
+    assert_eq!(d.last_error, "failure 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_dead_letters_back_with_attempts_reset() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    client
+        .create_queue(
+            "jobs",
+            QueueOptions {
+                max_attempts: Some(1),
+                visibility_timeout: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let batch = (0..5).map(|i| NewMessage::new("jobs", format!("m{i}")).throttle_key("provider:x")).collect();
+    client.enqueue_batch(batch).await.unwrap();
+    // Leases expire unacknowledged: one failed attempt each, so all five go
+    // to the dead-letter queue.
+    let mut stream = client.lease("jobs", window(10)).await.unwrap();
+    for _ in 0..5 {
+        next_delivery(&mut stream, WAIT).await;
+    }
+    drop(stream);
+    let deadline = Instant::now() + WAIT;
+    while info(&client, "jobs.dlq").await.depth < 5 {
+        assert!(Instant::now() < deadline, "messages did not reach the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(info(&client, "jobs").await.depth, 0);
+
+    assert_eq!(client.redrive("jobs", Some(2)).await.unwrap(), 2);
+    server.restart().await;
+    let client = server.client().await;
+    assert_eq!((info(&client, "jobs").await.depth, info(&client, "jobs.dlq").await.depth), (2, 3));
+    assert_eq!(client.redrive("jobs", None).await.unwrap(), 3);
+    assert_eq!(client.redrive("jobs", None).await.unwrap(), 0);
+
+    let mut stream = client.lease("jobs", window(10)).await.unwrap();
+    let mut payloads = Vec::new();
+    for _ in 0..5 {
+        let d = next_delivery(&mut stream, WAIT).await;
+        assert_eq!(d.attempt, 1, "attempts are reset");
+        assert_eq!(d.throttle_keys, ["provider:x"], "the original lane is restored");
+        payloads.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        client.ack(&d.lease_token).await.unwrap();
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(info(&client, "jobs.dlq").await.depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_queues_come_and_go_with_their_queue() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("orders", QueueOptions::default()).await.unwrap();
+    assert!(client.list_queues().await.unwrap().iter().any(|q| q.name == "orders.dlq"));
+    client.delete_queue("orders").await.unwrap();
+    assert!(client.list_queues().await.unwrap().is_empty());
+    let err = client.redrive("orders", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    let err = client.enqueue(NewMessage::new("q", "x").delay(Duration::from_secs(31 * 24 * 3600))).await.unwrap_err();
+    assert!(matches!(err.code(), Some(Code::InvalidArgument | Code::NotFound)), "{err}");
+    client.create_queue("q", QueueOptions::default()).await.unwrap();
+    let err = client.enqueue(NewMessage::new("q", "x").delay(Duration::from_secs(31 * 24 * 3600))).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    let err =
+        client.create_queue("m", QueueOptions { max_attempts: Some(5000), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+}
