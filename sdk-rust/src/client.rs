@@ -11,7 +11,8 @@ use tonic::Code;
 
 use crate::error::{Error, ItemError};
 use crate::types::{
-    system_time, Delivery, LeaseOptions, NewMessage, QueueInfo, QueueOptions, QueueStats, ThrottleInfo,
+    system_time, Delivery, ExplainSubject, Explanation, LeaseOptions, Message, NewMessage, QueueInfo, QueueOptions,
+    QueueStats, ThrottleInfo,
 };
 
 /// Frames may carry several large messages.
@@ -211,6 +212,46 @@ impl Client {
             Ok((page.throttles.into_iter().map(ThrottleInfo::from).collect(), page.next_page_token))
         })
         .await
+    }
+
+    /// One queue and its counters.
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        let response = self.admin.clone().get_queue(pb::GetQueueRequest { name: name.to_owned() }).await?.into_inner();
+        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+    }
+
+    /// Changes queue settings at runtime; `None` fields stay as they are.
+    pub async fn update_queue(&self, name: &str, options: QueueOptions) -> Result<QueueInfo, Error> {
+        let request = pb::UpdateQueueRequest {
+            name: name.to_owned(),
+            visibility_timeout_ms: options.visibility_timeout.map(|d| d.as_millis() as u64),
+            quantum: options.quantum,
+            max_attempts: options.max_attempts,
+        };
+        let response = self.admin.clone().update_queue(request).await?.into_inner();
+        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+    }
+
+    /// Up to `limit` ready messages of a queue (optionally one fairness key),
+    /// without leasing them.
+    pub async fn peek(&self, queue: &str, fairness_key: Option<&str>, limit: u32) -> Result<Vec<Message>, Error> {
+        let request = pb::PeekRequest {
+            queue: queue.to_owned(),
+            fairness_key: fairness_key.unwrap_or_default().to_owned(),
+            limit,
+        };
+        let response = self.admin.clone().peek(request).await?.into_inner();
+        Ok(response.messages.into_iter().map(Message::from_proto).collect())
+    }
+
+    /// Why a fairness key or message is not being delivered right now.
+    pub async fn explain(&self, queue: &str, subject: ExplainSubject<'_>) -> Result<Explanation, Error> {
+        let subject = match subject {
+            ExplainSubject::FairnessKey(k) => pb::explain_request::Subject::FairnessKey(k.to_owned()),
+            ExplainSubject::Message(id) => pb::explain_request::Subject::MessageId(id.to_owned()),
+        };
+        let request = pb::ExplainRequest { queue: queue.to_owned(), subject: Some(subject) };
+        Ok(Explanation::from_proto(self.admin.clone().explain(request).await?.into_inner()))
     }
 
     /// Moves up to `max_messages` (`None`: all) dead-lettered messages of

@@ -21,7 +21,12 @@ mod types;
 
 pub use client::{Client, LeaseStream};
 pub use error::{Error, ItemError};
-pub use types::{Delivery, KeyStats, LeaseOptions, NewMessage, QueueInfo, QueueOptions, QueueStats, ThrottleInfo};
+/// Explain states.
+pub use fila_proto::v1::ExplainState;
+pub use types::{
+    Delivery, ExplainSubject, Explanation, KeyStats, LeaseOptions, Message, NewMessage, QueueInfo, QueueOptions,
+    QueueStats, ThrottleInfo,
+};
 
 /// The generated wire types, for anything the idiomatic API does not cover.
 pub use fila_proto::v1 as proto;

@@ -232,3 +232,73 @@ impl Delivery {
         }
     }
 }
+
+/// A stored message, as Peek returns it (not leased).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub queue: String,
+    pub headers: HashMap<String, String>,
+    pub payload: Bytes,
+    pub fairness_key: String,
+    pub weight: u32,
+    pub throttle_keys: Vec<String>,
+    /// The number its next delivery will have.
+    pub attempt: u32,
+    pub last_error: String,
+    pub enqueued_at: SystemTime,
+}
+
+impl Message {
+    pub(crate) fn from_proto(m: pb::Message) -> Self {
+        let meta = m.metadata.unwrap_or_default();
+        Message {
+            id: m.id,
+            queue: m.queue,
+            headers: m.headers,
+            payload: m.payload,
+            fairness_key: meta.fairness_key,
+            weight: meta.weight,
+            throttle_keys: meta.throttle_keys,
+            attempt: meta.attempt_count,
+            last_error: meta.last_error,
+            enqueued_at: system_time(m.timestamps.and_then(|t| t.enqueued_at)),
+        }
+    }
+}
+
+/// What to explain.
+#[derive(Debug, Clone, Copy)]
+pub enum ExplainSubject<'a> {
+    FairnessKey(&'a str),
+    Message(&'a str),
+}
+
+/// Why a key or message is (not) being delivered, from live broker state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub state: pb::ExplainState,
+    /// One sentence for people.
+    pub reason: String,
+    pub throttle_key: Option<String>,
+    pub tokens: f64,
+    pub next_token_in: Duration,
+    pub ahead: u64,
+    pub until: Option<SystemTime>,
+    pub pending: u64,
+}
+
+impl Explanation {
+    pub(crate) fn from_proto(e: pb::ExplainResponse) -> Self {
+        Explanation {
+            state: pb::ExplainState::try_from(e.state).unwrap_or(pb::ExplainState::Unspecified),
+            reason: e.reason,
+            throttle_key: Some(e.throttle_key).filter(|k| !k.is_empty()),
+            tokens: e.tokens,
+            next_token_in: Duration::from_millis(e.next_token_in_ms),
+            ahead: e.ahead,
+            until: e.until.map(|t| system_time(Some(t))),
+            pending: e.pending,
+        }
+    }
+}

@@ -39,6 +39,11 @@ impl<K: Clone> Drr<K> {
         self.rotation.is_empty()
     }
 
+    /// Keys in service order, the current one first.
+    pub fn iter(&self) -> impl Iterator<Item = &K> {
+        self.rotation.iter()
+    }
+
     /// Adds a key that just became deliverable at the back of the rotation.
     /// The caller makes sure a key is in the rotation at most once.
     pub fn join(&mut self, key: K) {

@@ -92,6 +92,11 @@ impl LeaseTable {
         &self.by_message[&message]
     }
 
+    /// The live lease of a message, if any.
+    pub fn get(&self, message: MessageId) -> Option<&Lease> {
+        self.by_message.get(&message)
+    }
+
     pub fn state_of(&self, token: &LeaseToken) -> TokenState {
         if let Some(lease) = self.by_message.get(&token.message) {
             return if lease.token == *token { TokenState::Current } else { TokenState::Superseded };

@@ -108,6 +108,72 @@ pub struct ThrottleInfo {
     pub blocked: u64,
 }
 
+/// What Explain is asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExplainSubject {
+    FairnessKey(String),
+    Message(MessageId),
+}
+
+/// Why a key or message is (not) being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExplainState {
+    Deliverable,
+    NoConsumer,
+    ConsumersBusy,
+    Throttled,
+    BehindInKey,
+    Leased,
+    Delayed,
+    DeadLettered,
+    NotFound,
+}
+
+/// Explain's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub state: ExplainState,
+    /// One sentence for people.
+    pub reason: String,
+    pub throttle_key: Option<String>,
+    pub tokens: f64,
+    pub next_token_in: Duration,
+    pub ahead: u64,
+    pub until: Option<SystemTime>,
+    /// Ready messages of the fairness key.
+    pub pending: u64,
+}
+
+impl Explanation {
+    pub fn new(state: ExplainState, reason: String) -> Self {
+        Explanation {
+            state,
+            reason,
+            throttle_key: None,
+            tokens: 0.0,
+            next_token_in: Duration::ZERO,
+            ahead: 0,
+            until: None,
+            pending: 0,
+        }
+    }
+}
+
+/// A stored message as Peek returns it.
+#[derive(Debug, Clone)]
+pub struct PeekedMessage {
+    pub queue: Arc<str>,
+    pub record: Bytes,
+}
+
+/// Settings to change; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettingsUpdate {
+    pub visibility_timeout: Option<Duration>,
+    pub quantum: Option<u32>,
+    pub max_attempts: Option<u32>,
+}
+
 /// One page of runtime configuration entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigPage {
@@ -408,6 +474,54 @@ impl Broker {
     pub async fn delete_config(&self, key: &str) -> Result<(), BrokerError> {
         let key = parse_config_key(key)?.to_owned();
         self.ask(|reply| Command::DeleteConfig { key, reply }).await?
+    }
+
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, BrokerError> {
+        let name = QueueName::parse(name)?;
+        self.ask(|reply| Command::GetQueue { name, reply }).await?
+    }
+
+    /// Changes queue settings at runtime (wire values; `None` = unchanged).
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        visibility_timeout_ms: Option<u64>,
+        quantum: Option<u32>,
+        max_attempts: Option<u32>,
+    ) -> Result<QueueInfo, BrokerError> {
+        let name = QueueName::parse(name)?;
+        let update = SettingsUpdate {
+            visibility_timeout: visibility_timeout_ms
+                .map(|ms| {
+                    let ms = ms.max(1);
+                    visibility_timeout_from_ms("visibility_timeout_ms", ms, Duration::ZERO)
+                })
+                .transpose()?,
+            quantum: quantum.map(|q| quantum_from_wire(q.max(1))).transpose()?,
+            max_attempts: max_attempts.map(|m| max_attempts_from_wire(m.max(1))).transpose()?,
+        };
+        self.ask(|reply| Command::UpdateQueue { name, update, reply }).await?
+    }
+
+    /// Up to `limit` ready messages (0 = 10, at most 1000), without leasing.
+    pub async fn peek(
+        &self,
+        queue: &str,
+        fairness_key: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<PeekedMessage>, BrokerError> {
+        let queue = QueueName::parse(queue)?;
+        let limit = match limit {
+            0 => 10,
+            1..=MAX_PAGE_SIZE => limit as usize,
+            _ => return Err(ValidationError::PageSizeOutOfRange { value: limit, max: MAX_PAGE_SIZE }.into()),
+        };
+        self.ask(|reply| Command::Peek { queue, fairness_key, limit, reply }).await?
+    }
+
+    pub async fn explain(&self, queue: &str, subject: ExplainSubject) -> Result<Explanation, BrokerError> {
+        let queue = QueueName::parse(queue)?;
+        self.ask(|reply| Command::Explain { queue, subject, reply }).await?
     }
 
     /// Moves up to `max_messages` (0 = all) ready dead letters of `queue`

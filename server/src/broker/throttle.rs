@@ -52,6 +52,16 @@ impl TokenBucket {
         self.tokens
     }
 
+    /// How long until a token is available (zero if one is), without
+    /// counting a block; for explaining, not for deciding.
+    pub fn time_to_token(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.limit.rate_per_second)
+    }
+
     /// `Ok` if a token is available now, else how long until one is.
     pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
         self.refill(now);

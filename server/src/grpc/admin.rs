@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::to_status;
-use crate::broker::Broker;
+use crate::broker::{Broker, ExplainSubject};
+use crate::domain::ValidationError;
 
 pub struct AdminApi {
     broker: Broker,
@@ -147,5 +148,48 @@ impl FilaAdmin for AdminApi {
         let req = request.into_inner();
         let moved = self.broker.redrive(&req.queue, req.max_messages).await.map_err(to_status)?;
         Ok(Response::new(pb::RedriveResponse { moved }))
+    }
+
+    async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let info = self.broker.get_queue(&request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetQueueResponse { queue: Some(convert::queue_info(info)) }))
+    }
+
+    async fn update_queue(
+        &self,
+        request: Request<pb::UpdateQueueRequest>,
+    ) -> Result<Response<pb::UpdateQueueResponse>, Status> {
+        let req = request.into_inner();
+        let info = self
+            .broker
+            .update_queue(&req.name, req.visibility_timeout_ms, req.quantum, req.max_attempts)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UpdateQueueResponse { queue: Some(convert::queue_info(info)) }))
+    }
+
+    async fn peek(&self, request: Request<pb::PeekRequest>) -> Result<Response<pb::PeekResponse>, Status> {
+        let req = request.into_inner();
+        let key = Some(req.fairness_key).filter(|k| !k.is_empty());
+        let peeked = self.broker.peek(&req.queue, key, req.limit).await.map_err(to_status)?;
+        let messages = peeked
+            .into_iter()
+            .map(|m| convert::message(&m.queue, m.record, None))
+            .collect::<Result<_, _>>()
+            .map_err(to_status)?;
+        Ok(Response::new(pb::PeekResponse { messages }))
+    }
+
+    async fn explain(&self, request: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
+        let req = request.into_inner();
+        let subject = match req.subject {
+            Some(pb::explain_request::Subject::FairnessKey(key)) => ExplainSubject::FairnessKey(key),
+            Some(pb::explain_request::Subject::MessageId(id)) => {
+                ExplainSubject::Message(id.parse().map_err(|_| to_status(ValidationError::BadMessageId { id }.into()))?)
+            }
+            None => return Err(to_status(ValidationError::NothingToExplain.into())),
+        };
+        let explanation = self.broker.explain(&req.queue, subject).await.map_err(to_status)?;
+        Ok(Response::new(convert::explanation(explanation)))
     }
 }

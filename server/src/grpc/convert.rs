@@ -2,12 +2,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use fila_proto::v1 as pb;
 use prost_types::Timestamp;
 
-use crate::broker::{Delivery, QueueInfo, QueueStats, ThrottleInfo};
+use crate::broker::{Delivery, ExplainState, Explanation, QueueInfo, QueueStats, ThrottleInfo};
 use crate::domain::message::MessageRecord;
-use crate::domain::{BrokerError, MessageId, NewMessage, StorageError};
+use crate::domain::{BrokerError, NewMessage, StorageError};
 
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -30,33 +31,61 @@ pub fn new_message(m: pb::EnqueueMessage) -> NewMessage {
     }
 }
 
-/// Decodes a stored record into the wire delivery (on a transport thread,
+/// Decodes a stored record into the wire message (on a transport thread,
 /// not the scheduler's).
-pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
-    let record = MessageRecord::decode_bytes(d.record)
-        .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", d.token.message)))?;
-    let id = record.message_id().unwrap_or(d.token.message);
-    Ok(pb::Delivery {
-        message: Some(pb::Message {
-            id: MessageId::to_string(&id),
-            queue: d.queue.to_string(),
-            headers: record.headers,
-            payload: record.payload,
-            metadata: Some(pb::MessageMetadata {
-                fairness_key: record.fairness_key,
-                weight: record.weight.max(1),
-                throttle_keys: record.throttle_keys,
-                attempt_count: record.failures + 1,
-                last_error: record.last_error,
-            }),
-            timestamps: Some(pb::MessageTimestamps {
-                enqueued_at: Some(timestamp_from_millis(record.enqueued_at_ms)),
-                leased_at: Some(timestamp(d.leased_at)),
-            }),
+pub fn message(queue: &str, record: Bytes, leased_at: Option<SystemTime>) -> Result<pb::Message, BrokerError> {
+    let record =
+        MessageRecord::decode_bytes(record).map_err(|e| StorageError::Corrupt(format!("message record: {e}")))?;
+    let id = record.message_id().map(|id| id.to_string()).unwrap_or_default();
+    Ok(pb::Message {
+        id,
+        queue: queue.to_owned(),
+        headers: record.headers,
+        payload: record.payload,
+        metadata: Some(pb::MessageMetadata {
+            fairness_key: record.fairness_key,
+            weight: record.weight.max(1),
+            throttle_keys: record.throttle_keys,
+            attempt_count: record.failures + 1,
+            last_error: record.last_error,
         }),
+        timestamps: Some(pb::MessageTimestamps {
+            enqueued_at: Some(timestamp_from_millis(record.enqueued_at_ms)),
+            leased_at: leased_at.map(timestamp),
+        }),
+    })
+}
+
+pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
+    Ok(pb::Delivery {
+        message: Some(message(&d.queue, d.record, Some(d.leased_at))?),
         lease_token: d.token.to_string(),
         lease_deadline: Some(timestamp(d.deadline)),
     })
+}
+
+pub fn explanation(e: Explanation) -> pb::ExplainResponse {
+    let state = match e.state {
+        ExplainState::Deliverable => pb::ExplainState::Deliverable,
+        ExplainState::NoConsumer => pb::ExplainState::NoConsumer,
+        ExplainState::ConsumersBusy => pb::ExplainState::ConsumersBusy,
+        ExplainState::Throttled => pb::ExplainState::Throttled,
+        ExplainState::BehindInKey => pb::ExplainState::BehindInKey,
+        ExplainState::Leased => pb::ExplainState::Leased,
+        ExplainState::Delayed => pb::ExplainState::Delayed,
+        ExplainState::DeadLettered => pb::ExplainState::DeadLettered,
+        ExplainState::NotFound => pb::ExplainState::NotFound,
+    };
+    pb::ExplainResponse {
+        state: state as i32,
+        reason: e.reason,
+        throttle_key: e.throttle_key.unwrap_or_default(),
+        tokens: e.tokens,
+        next_token_in_ms: e.next_token_in.as_millis() as u64,
+        ahead: e.ahead,
+        until: e.until.map(timestamp),
+        pending: e.pending,
+    }
 }
 
 pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {

@@ -173,6 +173,18 @@ pub trait Store: Send + 'static {
     fn read_due(&self, now_ms: u64, limit: usize, out: &mut Vec<DueMessage>) -> Result<Option<u64>, StorageError>;
     /// Whether a message with this id is stored in the queue.
     fn contains_message(&self, queue: QueueId, id: MessageId) -> Result<bool, StorageError>;
+    /// Where a message of the queue is stored, if it is.
+    fn locate(&self, queue: QueueId, id: MessageId) -> Result<Option<keys::IndexEntry>, StorageError>;
+    /// Counts the messages of a lane with a sequence in `(after_seq,
+    /// before_seq)`, stopping at `cap`.
+    fn count_between(
+        &self,
+        queue: QueueId,
+        lane: &Lane,
+        after_seq: u64,
+        before_seq: u64,
+        cap: u64,
+    ) -> Result<u64, StorageError>;
     /// Starts reclaiming the disk space of a deleted queue in the background.
     fn reclaim_queue_space(&self, queue: QueueId);
     /// Makes everything committed so far durable on disk.

@@ -328,6 +328,41 @@ impl Store for RocksStore {
         Ok(self.db.get_pinned_cf(self.cf(CF_INDEX), keys::index_key(queue, id)).map_err(io)?.is_some())
     }
 
+    fn locate(&self, queue: QueueId, id: MessageId) -> Result<Option<keys::IndexEntry>, StorageError> {
+        let Some(value) = self.db.get_pinned_cf(self.cf(CF_INDEX), keys::index_key(queue, id)).map_err(io)? else {
+            return Ok(None);
+        };
+        let entry = keys::parse_index_value(&value)
+            .ok_or_else(|| StorageError::Corrupt(format!("message index entry of {id}")))?;
+        Ok(Some(entry))
+    }
+
+    fn count_between(
+        &self,
+        queue: QueueId,
+        lane: &Lane,
+        after_seq: u64,
+        before_seq: u64,
+        cap: u64,
+    ) -> Result<u64, StorageError> {
+        let Some(first) = after_seq.checked_add(1) else { return Ok(0) };
+        if first >= before_seq {
+            return Ok(0);
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(keys::message_key(queue, lane, first));
+        opts.set_iterate_upper_bound(keys::message_key(queue, lane, before_seq));
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_MESSAGES), opts);
+        iter.seek_to_first();
+        let mut count = 0;
+        while iter.valid() && count < cap {
+            count += 1;
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        Ok(count)
+    }
+
     fn reclaim_queue_space(&self, queue: QueueId) {
         let db = Arc::clone(&self.db);
         std::thread::Builder::new()

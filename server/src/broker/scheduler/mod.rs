@@ -18,8 +18,12 @@ use super::throttle::Throttles;
 mod config;
 mod dispatch;
 mod failures;
+mod inspect;
 mod limits;
-use super::{ConfigPage, QueueInfo, QueuePage, QueueStats, ThrottleInfo, ThrottlePage};
+use super::{
+    ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueStats, SettingsUpdate,
+    ThrottleInfo, ThrottlePage,
+};
 use crate::domain::message::unix_millis;
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
@@ -137,6 +141,26 @@ pub enum Command {
     DeleteConfig {
         key: String,
         reply: Reply<Result<(), BrokerError>>,
+    },
+    GetQueue {
+        name: QueueName,
+        reply: Reply<Result<QueueInfo, BrokerError>>,
+    },
+    UpdateQueue {
+        name: QueueName,
+        update: SettingsUpdate,
+        reply: Reply<Result<QueueInfo, BrokerError>>,
+    },
+    Peek {
+        queue: QueueName,
+        fairness_key: Option<String>,
+        limit: usize,
+        reply: Reply<Result<Vec<PeekedMessage>, BrokerError>>,
+    },
+    Explain {
+        queue: QueueName,
+        subject: ExplainSubject,
+        reply: Reply<Result<Explanation, BrokerError>>,
     },
     Redrive {
         queue: QueueName,
@@ -478,6 +502,22 @@ impl<S: Store> Scheduler<S> {
             }
             Command::DeleteConfig { key, reply } => {
                 let result = self.delete_config(key, round);
+                round.answer(reply, result);
+            }
+            Command::GetQueue { name, reply } => {
+                let result = self.queue_id(&name).map(|id| Self::info(&self.queues[&id]));
+                round.answer(reply, result);
+            }
+            Command::UpdateQueue { name, update, reply } => {
+                let result = self.update_queue(&name, update, round);
+                round.answer(reply, result);
+            }
+            Command::Peek { queue, fairness_key, limit, reply } => {
+                let result = self.peek(&queue, fairness_key.as_deref(), limit);
+                round.answer(reply, result);
+            }
+            Command::Explain { queue, subject, reply } => {
+                let result = self.explain(&queue, &subject, now, wall);
                 round.answer(reply, result);
             }
             Command::Redrive { queue, limit, reply } => {
