@@ -1,0 +1,183 @@
+//! Runs the real `fila-server` binary on a loopback port with a temporary
+//! data directory. Shared by the integration tests of the server and of the
+//! `fila` CLI.
+//!
+//! The binary is `$FILA_SERVER_BIN` if set, else `fila-server` in the
+//! target directory of the running test (tests run from
+//! `<target>/<profile>/deps/`). Outside the server package Cargo does not
+//! build it for you: `cargo build -p fila-server` first (a workspace-wide
+//! `cargo test` builds it).
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fila_sdk::Client;
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: String,
+    data_dir: PathBuf,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The `fila-server` binary the tests run: `$FILA_SERVER_BIN`, or the one
+/// next to the running test's `deps/` directory.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FILA_SERVER_BIN").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "FILA_SERVER_BIN is set to {}, which is not a file", path.display());
+        return path;
+    }
+    let exe = std::env::current_exe().expect("the path of the running test");
+    // <target>/<profile>/deps/<test>: the binaries live in <target>/<profile>.
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("cannot find the target directory from the test's path {}", exe.display()));
+    let mut name = OsString::from("fila-server");
+    name.push(std::env::consts::EXE_SUFFIX);
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "no fila-server binary at {}: build it with `cargo build -p fila-server` (same profile and target \
+         directory as the tests), or point FILA_SERVER_BIN at one",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut server = TestServer {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: temp.path().join("data"),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            _temp: Some(temp),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's stderr, kept next to the data directory.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.parent().unwrap().join("server.log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Starts the binary (again) on the same address and data directory and
+    /// waits until it answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = Command::new(server_binary())
+            .args(["--listen", &self.addr, "--data-dir", self.data_dir.to_str().unwrap(), "--log", "warn"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fila-server binary runs");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = Client::connect(self.addr.clone()).await {
+                if client.list_queues().await.is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fila-server exited during start-up: {status}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "fila-server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr.clone()).await.expect("connect")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("fila-server did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            eprintln!("--- fila-server log ({}) ---\n{log}", self.addr);
+        }
+    }
+}
+
+/// Waits for the next delivery or fails after `timeout`.
+pub async fn next_delivery(stream: &mut fila_sdk::LeaseStream, timeout: Duration) -> fila_sdk::Delivery {
+    use futures::StreamExt;
+    tokio::time::timeout(timeout, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("stream open")
+        .expect("delivery ok")
+}
+
+/// Asserts that nothing is delivered for `wait`.
+pub async fn assert_no_delivery(stream: &mut fila_sdk::LeaseStream, wait: Duration) {
+    use futures::StreamExt;
+    if let Ok(item) = tokio::time::timeout(wait, stream.next()).await {
+        panic!("expected no delivery, got {item:?}");
+    }
+}
