@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::error::{Error, ItemError};
 use crate::types::{
     system_time, Delivery, ExplainSubject, Explanation, LeaseOptions, Message, NewMessage, QueueInfo, QueueOptions,
-    QueueStats, ThrottleInfo,
+    QueueScripts, QueueStats, ScriptTest, ThrottleInfo,
 };
 
 /// Frames may carry several large messages.
@@ -138,16 +138,7 @@ impl Client {
     }
 
     pub async fn create_queue(&self, name: &str, options: QueueOptions) -> Result<QueueInfo, Error> {
-        let request = pb::CreateQueueRequest {
-            name: name.to_owned(),
-            settings: Some(pb::QueueSettings {
-                visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
-                quantum: options.quantum.unwrap_or(0),
-                max_attempts: options.max_attempts.unwrap_or(0),
-            }),
-        };
-        let response = self.admin.clone().create_queue(request).await?.into_inner();
-        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+        self.create_queue_with_scripts(name, options, QueueScripts::default()).await
     }
 
     /// Deletes a queue and its messages; returns how many messages went.
@@ -214,6 +205,83 @@ impl Client {
         .await
     }
 
+    /// Creates a queue with Lua scripts; a script that does not compile or
+    /// lacks its hook function is refused (INVALID_ARGUMENT, Lua's message).
+    pub async fn create_queue_with_scripts(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        scripts: QueueScripts,
+    ) -> Result<QueueInfo, Error> {
+        let request = pb::CreateQueueRequest {
+            name: name.to_owned(),
+            settings: Some(pb::QueueSettings {
+                visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
+                quantum: options.quantum.unwrap_or(0),
+                max_attempts: options.max_attempts.unwrap_or(0),
+            }),
+            scripts: Some(pb::QueueScripts {
+                on_enqueue: scripts.on_enqueue.unwrap_or_default(),
+                on_failure: scripts.on_failure.unwrap_or_default(),
+            }),
+        };
+        let response = self.admin.clone().create_queue(request).await?.into_inner();
+        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+    }
+
+    /// Replaces a queue's scripts at runtime: `Some(source)` replaces,
+    /// `Some("")` removes, `None` keeps.
+    pub async fn update_queue_scripts(
+        &self,
+        name: &str,
+        on_enqueue: Option<&str>,
+        on_failure: Option<&str>,
+    ) -> Result<QueueInfo, Error> {
+        let request = pb::UpdateQueueRequest {
+            name: name.to_owned(),
+            on_enqueue_script: on_enqueue.map(str::to_owned),
+            on_failure_script: on_failure.map(str::to_owned),
+            ..Default::default()
+        };
+        let response = self.admin.clone().update_queue(request).await?.into_inner();
+        response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))
+    }
+
+    /// A queue's scripts and the live counters of its hooks.
+    pub async fn queue_scripts(
+        &self,
+        name: &str,
+    ) -> Result<(QueueScripts, Option<pb::HookStats>, Option<pb::HookStats>), Error> {
+        let response = self.admin.clone().get_queue(pb::GetQueueRequest { name: name.to_owned() }).await?.into_inner();
+        let sources = response.scripts.unwrap_or_default();
+        let scripts = QueueScripts {
+            on_enqueue: Some(sources.on_enqueue).filter(|s| !s.is_empty()),
+            on_failure: Some(sources.on_failure).filter(|s| !s.is_empty()),
+        };
+        Ok((scripts, response.on_enqueue_stats, response.on_failure_stats))
+    }
+
+    /// Runs a script once against a sample message, without a queue.
+    pub async fn test_script(&self, test: ScriptTest) -> Result<pb::test_script_response::Outcome, Error> {
+        use pb::test_script_request::Script;
+        let script = match (test.on_enqueue, test.on_failure) {
+            (Some(source), _) => Script::OnEnqueue(source),
+            (None, Some(source)) => Script::OnFailure(source),
+            (None, None) => return Err(Error::Protocol("give an on_enqueue or on_failure script to test".into())),
+        };
+        let request = pb::TestScriptRequest {
+            script: Some(script),
+            queue: test.queue,
+            headers: test.headers,
+            payload: test.payload.to_vec(),
+            attempts: test.attempts,
+            error: test.error,
+            config: test.config,
+        };
+        let response = self.admin.clone().test_script(request).await?.into_inner();
+        response.outcome.ok_or_else(|| Error::Protocol("no outcome in answer".into()))
+    }
+
     /// One queue and its counters.
     pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, Error> {
         let response = self.admin.clone().get_queue(pb::GetQueueRequest { name: name.to_owned() }).await?.into_inner();
@@ -227,6 +295,8 @@ impl Client {
             visibility_timeout_ms: options.visibility_timeout.map(|d| d.as_millis() as u64),
             quantum: options.quantum,
             max_attempts: options.max_attempts,
+            on_enqueue_script: None,
+            on_failure_script: None,
         };
         let response = self.admin.clone().update_queue(request).await?.into_inner();
         response.queue.map(QueueInfo::from).ok_or_else(|| Error::Protocol("no queue in answer".into()))

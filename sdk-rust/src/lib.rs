@@ -25,7 +25,7 @@ pub use error::{Error, ItemError};
 pub use fila_proto::v1::ExplainState;
 pub use types::{
     Delivery, ExplainSubject, Explanation, KeyStats, LeaseOptions, Message, NewMessage, QueueInfo, QueueOptions,
-    QueueStats, ThrottleInfo,
+    QueueScripts, QueueStats, ScriptTest, ThrottleInfo,
 };
 
 /// The generated wire types, for anything the idiomatic API does not cover.

@@ -302,3 +302,28 @@ impl Explanation {
         }
     }
 }
+
+/// The Lua scripts of a queue (`None`: no script).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueScripts {
+    pub on_enqueue: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+/// A script test: which hook, its source, and the sample it runs against.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptTest {
+    /// Source of an `on_enqueue` script (set this or `on_failure`).
+    pub on_enqueue: Option<String>,
+    /// Source of an `on_failure` script.
+    pub on_failure: Option<String>,
+    pub queue: String,
+    pub headers: HashMap<String, String>,
+    pub payload: Bytes,
+    /// `on_failure`: failed attempts so far.
+    pub attempts: u32,
+    /// `on_failure`: the failure's error text.
+    pub error: String,
+    /// What `fila.get` sees.
+    pub config: HashMap<String, String>,
+}

@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::domain::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADERS_BYTES};
 use crate::domain::Limits;
+use crate::scripting::ScriptLimits;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5555";
 pub const DEFAULT_DATA_DIR: &str = "fila-data";
@@ -58,6 +60,12 @@ pub struct Settings {
     /// Largest accepted gRPC request in bytes [default: 67108864].
     #[arg(long, env = "FILA_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Time budget of one queue-script call, in milliseconds [default: 5].
+    #[arg(long, env = "FILA_SCRIPT_TIMEOUT_MS")]
+    pub script_timeout_ms: Option<u64>,
+    /// Memory limit of one queue script's Lua VM, in bytes [default: 8388608].
+    #[arg(long, env = "FILA_SCRIPT_MEMORY_BYTES")]
+    pub script_memory_bytes: Option<usize>,
     /// Log filter, in `tracing` EnvFilter syntax [default: info].
     #[arg(long, env = "FILA_LOG")]
     pub log: Option<String>,
@@ -77,6 +85,8 @@ impl Settings {
             max_payload_bytes: self.max_payload_bytes.or(other.max_payload_bytes),
             max_batch: self.max_batch.or(other.max_batch),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            script_timeout_ms: self.script_timeout_ms.or(other.script_timeout_ms),
+            script_memory_bytes: self.script_memory_bytes.or(other.script_memory_bytes),
             log: self.log.or(other.log),
             log_format: self.log_format.or(other.log_format),
         }
@@ -91,6 +101,7 @@ pub struct ServerConfig {
     pub sync_writes: bool,
     pub limits: Limits,
     pub max_request_bytes: usize,
+    pub script_limits: ScriptLimits,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -128,7 +139,19 @@ impl ServerConfig {
                 limits.max_payload_bytes
             )));
         }
+        let defaults = ScriptLimits::default();
+        let script_limits = ScriptLimits {
+            timeout: s.script_timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+            memory_bytes: s.script_memory_bytes.unwrap_or(defaults.memory_bytes),
+            ..defaults
+        };
+        if script_limits.timeout.is_zero() || script_limits.memory_bytes < 256 * 1024 {
+            return Err(ConfigError::Invalid(
+                "script_timeout_ms must be at least 1 and script_memory_bytes at least 262144".into(),
+            ));
+        }
         Ok(ServerConfig {
+            script_limits,
             listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sync_writes: s.sync_writes.unwrap_or(false),

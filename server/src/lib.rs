@@ -9,5 +9,6 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod scripting;
 pub mod server;
 pub mod storage;

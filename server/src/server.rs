@@ -29,7 +29,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
     let store = RocksStore::open(&config.data_dir, config.sync_writes)
         .map_err(|e| format!("cannot open data directory {}: {e}", config.data_dir.display()))?;
-    let (broker, stopped) = Broker::start(store, BrokerOptions { limits: config.limits })?;
+    let (broker, stopped) =
+        Broker::start(store, BrokerOptions { limits: config.limits, script_limits: config.script_limits })?;
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

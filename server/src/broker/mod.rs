@@ -30,9 +30,10 @@ use crate::domain::queue::{max_attempts_from_wire, quantum_from_wire, visibility
 use crate::domain::runtime_config::{check_config_value, parse_config_key};
 use crate::domain::throttle::parse_throttle_key;
 use crate::domain::{
-    BrokerError, Lane, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ThrottleLimit, ThrottleSet,
-    ValidationError,
+    BrokerError, Lane, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ScriptSources,
+    ThrottleLimit, ThrottleSet, ValidationError,
 };
+use crate::scripting::{self, EnqueueDecision, FailureDecision, HookStats, ScriptError, ScriptLimits, ScriptMessage};
 use crate::storage::Store;
 use scheduler::{Command, Scheduler};
 
@@ -167,11 +168,60 @@ pub struct PeekedMessage {
 }
 
 /// Settings to change; `None` leaves a setting as it is.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SettingsUpdate {
     pub visibility_timeout: Option<Duration>,
     pub quantum: Option<u32>,
     pub max_attempts: Option<u32>,
+    /// `Some(None)` removes the script.
+    pub on_enqueue: Option<Option<String>>,
+    pub on_failure: Option<Option<String>>,
+}
+
+/// A settings update as the wire carries it: `None` = unchanged; an empty
+/// script removes the script.
+#[derive(Debug, Clone, Default)]
+pub struct WireSettingsUpdate {
+    pub visibility_timeout_ms: Option<u64>,
+    pub quantum: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub on_enqueue: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+/// A queue's script sources and the live state of its hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueScriptsInfo {
+    pub sources: ScriptSources,
+    pub on_enqueue: Option<HookStats>,
+    pub on_failure: Option<HookStats>,
+}
+
+/// Which hook a script test runs, with its source.
+#[derive(Debug, Clone)]
+pub enum TestedHook {
+    OnEnqueue(String),
+    OnFailure(String),
+}
+
+/// A script test: the script and a sample message.
+#[derive(Debug, Clone)]
+pub struct ScriptTest {
+    pub hook: TestedHook,
+    pub queue: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub payload: Bytes,
+    pub attempts: u32,
+    pub error: String,
+    pub config: std::collections::HashMap<String, String>,
+}
+
+/// What a tested script decided (its failure is the `Err` beside this).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScriptTestOutcome {
+    Enqueue(EnqueueDecision),
+    /// `None`: the script returned nil, so the default policy would apply.
+    Failure(Option<FailureDecision>),
 }
 
 /// One page of runtime configuration entries.
@@ -229,6 +279,8 @@ pub struct ExtendItem {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BrokerOptions {
     pub limits: Limits,
+    /// Budgets of queue scripts.
+    pub script_limits: ScriptLimits,
 }
 
 /// Handle to the scheduler thread. Clones share the same scheduler.
@@ -246,7 +298,7 @@ impl Broker {
     /// Recovers state from `store` and starts the scheduler thread.
     pub fn start<S: Store>(store: S, options: BrokerOptions) -> Result<(Broker, StopSignal), BrokerError> {
         let (commands, inbox) = mpsc::channel();
-        let scheduler = Scheduler::recover(store)?;
+        let scheduler = Scheduler::recover(store, options.script_limits)?;
         let (stopped_tx, stopped_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("fila-scheduler".into())
@@ -371,6 +423,7 @@ impl Broker {
         visibility_timeout_ms: u64,
         quantum: u32,
         max_attempts: u32,
+        scripts: ScriptSources,
     ) -> Result<QueueInfo, BrokerError> {
         let name = QueueName::parse_for_create(name)?;
         let settings = QueueSettings {
@@ -382,7 +435,7 @@ impl Broker {
             quantum: quantum_from_wire(quantum)?,
             max_attempts: max_attempts_from_wire(max_attempts)?,
         };
-        self.ask(|reply| Command::CreateQueue { name, settings, reply }).await?
+        self.ask(|reply| Command::CreateQueue { name, settings, scripts, reply }).await?
     }
 
     /// Deletes a queue and its messages; returns how many messages went.
@@ -476,21 +529,19 @@ impl Broker {
         self.ask(|reply| Command::DeleteConfig { key, reply }).await?
     }
 
-    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, BrokerError> {
+    /// One queue, its scripts and their hook counters.
+    pub async fn get_queue(&self, name: &str) -> Result<(QueueInfo, QueueScriptsInfo), BrokerError> {
         let name = QueueName::parse(name)?;
         self.ask(|reply| Command::GetQueue { name, reply }).await?
     }
 
     /// Changes queue settings at runtime (wire values; `None` = unchanged).
-    pub async fn update_queue(
-        &self,
-        name: &str,
-        visibility_timeout_ms: Option<u64>,
-        quantum: Option<u32>,
-        max_attempts: Option<u32>,
-    ) -> Result<QueueInfo, BrokerError> {
+    pub async fn update_queue(&self, name: &str, wire: WireSettingsUpdate) -> Result<QueueInfo, BrokerError> {
+        let WireSettingsUpdate { visibility_timeout_ms, quantum, max_attempts, on_enqueue, on_failure } = wire;
         let name = QueueName::parse(name)?;
         let update = SettingsUpdate {
+            on_enqueue: on_enqueue.map(|s| Some(s).filter(|s| !s.is_empty())),
+            on_failure: on_failure.map(|s| Some(s).filter(|s| !s.is_empty())),
             visibility_timeout: visibility_timeout_ms
                 .map(|ms| {
                     let ms = ms.max(1);
@@ -522,6 +573,26 @@ impl Broker {
     pub async fn explain(&self, queue: &str, subject: ExplainSubject) -> Result<Explanation, BrokerError> {
         let queue = QueueName::parse(queue)?;
         self.ask(|reply| Command::Explain { queue, subject, reply }).await?
+    }
+
+    /// Runs a script's hook once against a sample, on a blocking thread (a
+    /// script may run up to its time budget).
+    pub async fn test_script(&self, test: ScriptTest) -> Result<Result<ScriptTestOutcome, ScriptError>, BrokerError> {
+        let limits = self.options.script_limits;
+        tokio::task::spawn_blocking(move || {
+            let sample = ScriptMessage { queue: &test.queue, headers: &test.headers, payload: &test.payload };
+            match &test.hook {
+                TestedHook::OnEnqueue(source) => {
+                    scripting::test_on_enqueue(source, &sample, &test.config, limits).map(ScriptTestOutcome::Enqueue)
+                }
+                TestedHook::OnFailure(source) => {
+                    scripting::test_on_failure(source, &sample, test.attempts.max(1), &test.error, &test.config, limits)
+                        .map(ScriptTestOutcome::Failure)
+                }
+            }
+        })
+        .await
+        .map_err(|_| BrokerError::Stopped)
     }
 
     /// Moves up to `max_messages` (0 = all) ready dead letters of `queue`

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
 use crate::domain::{Lane, ThrottleSet};
+use crate::scripting::QueueScripts;
 use crate::storage::{QueueDef, StoredMessage};
 
 #[derive(Debug)]
@@ -69,6 +70,8 @@ impl KeyState {
 
 pub struct QueueState {
     pub def: QueueDef,
+    /// The queue's compiled scripts, if it has any.
+    pub scripts: Option<QueueScripts>,
     pub name: Arc<str>,
     /// Keys with ready or leased messages. A key with neither has no entry:
     /// with nothing of it in storage, its cursors no longer matter.
@@ -91,6 +94,7 @@ impl QueueState {
         QueueState {
             name: Arc::from(def.name.as_str()),
             drr: Drr::new(def.settings.quantum),
+            scripts: None,
             def,
             keys: HashMap::new(),
             weight_overrides: HashMap::new(),
@@ -193,7 +197,12 @@ mod tests {
     use crate::domain::QueueSettings;
 
     fn queue() -> QueueState {
-        QueueState::new(QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default() })
+        QueueState::new(QueueDef {
+            id: 1,
+            name: "q".into(),
+            settings: QueueSettings::default(),
+            scripts: Default::default(),
+        })
     }
 
     fn lane(key: &str, throttle: &[&str]) -> Lane {

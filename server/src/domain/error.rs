@@ -68,6 +68,12 @@ pub enum ValidationError {
     MaxAttemptsOutOfRange { value: u32, max: u32 },
     #[error("delay of {value} ms is out of range; the maximum is {max} ms")]
     DelayOutOfRange { value: u64, max: u64 },
+    #[error("'{id}' is not a message id (a UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)")]
+    BadMessageId { id: String },
+    #[error("say what to explain: a fairness_key or a message_id")]
+    NothingToExplain,
+    #[error("give the script to test: on_enqueue or on_failure")]
+    NoScriptToTest,
     #[error("configuration keys must be 1 to {max} bytes long")]
     BadConfigKey { max: usize },
     #[error("configuration value is {size} bytes; the maximum is {max} bytes")]
@@ -134,6 +140,8 @@ pub enum BrokerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Script(#[from] super::script::ScriptError),
     #[error("the broker is shutting down; retry against a running broker")]
     ShuttingDown,
     #[error("the broker stopped after a storage failure; restart it (it recovers from disk)")]
@@ -153,6 +161,7 @@ impl BrokerError {
             BrokerError::Config(ConfigError::NotFound(_)) => ErrorKind::NotFound,
             BrokerError::Storage(StorageError::Io(_)) => ErrorKind::Unavailable,
             BrokerError::Storage(StorageError::Corrupt(_)) => ErrorKind::Internal,
+            BrokerError::Script(error) => error.kind(),
             BrokerError::ShuttingDown | BrokerError::Stopped => ErrorKind::Unavailable,
         }
     }

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod message;
 pub mod queue;
 pub mod runtime_config;
+pub mod script;
 pub mod throttle;
 
 pub use error::{
@@ -18,5 +19,6 @@ pub use lane::{Lane, ThrottleSet};
 pub use lease::LeaseToken;
 pub use limits::Limits;
 pub use message::{MessageId, NewMessage, DEFAULT_FAIRNESS_KEY};
-pub use queue::{QueueId, QueueName, QueueSettings};
+pub use queue::{QueueId, QueueName, QueueSettings, ScriptSources};
+pub use script::{ScriptError, ScriptHook};
 pub use throttle::ThrottleLimit;

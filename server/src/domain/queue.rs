@@ -94,6 +94,13 @@ impl Default for QueueSettings {
     }
 }
 
+/// The Lua sources of a queue's hooks, as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptSources {
+    pub on_enqueue: Option<String>,
+    pub on_failure: Option<String>,
+}
+
 /// Checks a wire max_attempts (0 = the default).
 pub fn max_attempts_from_wire(value: u32) -> Result<u32, ValidationError> {
     match value {

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::to_status;
-use crate::broker::{Broker, ExplainSubject};
+use crate::broker::{Broker, ExplainSubject, ScriptTest, TestedHook, WireSettingsUpdate};
 use crate::domain::ValidationError;
 
 pub struct AdminApi {
@@ -27,9 +27,10 @@ impl FilaAdmin for AdminApi {
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
         let req = request.into_inner();
         let settings = req.settings.unwrap_or_default();
+        let scripts = convert::script_sources(req.scripts.unwrap_or_default());
         let info = self
             .broker
-            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum, settings.max_attempts)
+            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum, settings.max_attempts, scripts)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateQueueResponse { queue: Some(convert::queue_info(info)) }))
@@ -151,8 +152,16 @@ impl FilaAdmin for AdminApi {
     }
 
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::GetQueueResponse>, Status> {
-        let info = self.broker.get_queue(&request.into_inner().name).await.map_err(to_status)?;
-        Ok(Response::new(pb::GetQueueResponse { queue: Some(convert::queue_info(info)) }))
+        let (info, scripts) = self.broker.get_queue(&request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetQueueResponse {
+            queue: Some(convert::queue_info(info)),
+            scripts: Some(pb::QueueScripts {
+                on_enqueue: scripts.sources.on_enqueue.unwrap_or_default(),
+                on_failure: scripts.sources.on_failure.unwrap_or_default(),
+            }),
+            on_enqueue_stats: scripts.on_enqueue.map(convert::hook_stats),
+            on_failure_stats: scripts.on_failure.map(convert::hook_stats),
+        }))
     }
 
     async fn update_queue(
@@ -160,11 +169,14 @@ impl FilaAdmin for AdminApi {
         request: Request<pb::UpdateQueueRequest>,
     ) -> Result<Response<pb::UpdateQueueResponse>, Status> {
         let req = request.into_inner();
-        let info = self
-            .broker
-            .update_queue(&req.name, req.visibility_timeout_ms, req.quantum, req.max_attempts)
-            .await
-            .map_err(to_status)?;
+        let update = WireSettingsUpdate {
+            visibility_timeout_ms: req.visibility_timeout_ms,
+            quantum: req.quantum,
+            max_attempts: req.max_attempts,
+            on_enqueue: req.on_enqueue_script,
+            on_failure: req.on_failure_script,
+        };
+        let info = self.broker.update_queue(&req.name, update).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateQueueResponse { queue: Some(convert::queue_info(info)) }))
     }
 
@@ -191,5 +203,28 @@ impl FilaAdmin for AdminApi {
         };
         let explanation = self.broker.explain(&req.queue, subject).await.map_err(to_status)?;
         Ok(Response::new(convert::explanation(explanation)))
+    }
+
+    async fn test_script(
+        &self,
+        request: Request<pb::TestScriptRequest>,
+    ) -> Result<Response<pb::TestScriptResponse>, Status> {
+        let req = request.into_inner();
+        let hook = match req.script {
+            Some(pb::test_script_request::Script::OnEnqueue(source)) => TestedHook::OnEnqueue(source),
+            Some(pb::test_script_request::Script::OnFailure(source)) => TestedHook::OnFailure(source),
+            None => return Err(to_status(ValidationError::NoScriptToTest.into())),
+        };
+        let test = ScriptTest {
+            hook,
+            queue: req.queue,
+            headers: req.headers,
+            payload: req.payload.into(),
+            attempts: req.attempts,
+            error: req.error,
+            config: req.config,
+        };
+        let outcome = self.broker.test_script(test).await.map_err(to_status)?;
+        Ok(Response::new(pb::TestScriptResponse { outcome: Some(convert::script_test_outcome(outcome)) }))
     }
 }

@@ -6,9 +6,12 @@ use bytes::Bytes;
 use fila_proto::v1 as pb;
 use prost_types::Timestamp;
 
-use crate::broker::{Delivery, ExplainState, Explanation, QueueInfo, QueueStats, ThrottleInfo};
+use super::status::to_item_error;
+use crate::broker::{Delivery, ExplainState, Explanation, QueueInfo, QueueStats, ScriptTestOutcome, ThrottleInfo};
 use crate::domain::message::MessageRecord;
 use crate::domain::{BrokerError, NewMessage, StorageError};
+use crate::domain::{ScriptError, ScriptSources};
+use crate::scripting::{BreakerState, FailureDecision, HookStats};
 
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -131,5 +134,50 @@ pub fn queue_stats(s: QueueStats) -> pb::GetQueueStatsResponse {
                 throttled: k.throttled,
             })
             .collect(),
+    }
+}
+
+pub fn script_sources(s: pb::QueueScripts) -> ScriptSources {
+    ScriptSources {
+        on_enqueue: Some(s.on_enqueue).filter(|s| !s.is_empty()),
+        on_failure: Some(s.on_failure).filter(|s| !s.is_empty()),
+    }
+}
+
+pub fn hook_stats(s: HookStats) -> pb::HookStats {
+    pb::HookStats {
+        calls: s.calls,
+        errors: s.errors,
+        bad_returns: s.bad_returns,
+        timeouts: s.timeouts,
+        memory_errors: s.memory_errors,
+        skipped: s.skipped,
+        consecutive_failures: s.consecutive_failures,
+        breaker: match s.breaker {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+        .to_owned(),
+    }
+}
+
+pub fn script_test_outcome(outcome: Result<ScriptTestOutcome, ScriptError>) -> pb::test_script_response::Outcome {
+    use pb::test_script_response::Outcome;
+    match outcome {
+        Ok(ScriptTestOutcome::Enqueue(d)) => Outcome::Enqueue(pb::EnqueueDecision {
+            fairness_key: d.fairness_key,
+            weight: d.weight,
+            throttle_keys_set: d.throttle_keys.is_some(),
+            throttle_keys: d.throttle_keys.unwrap_or_default(),
+        }),
+        Ok(ScriptTestOutcome::Failure(decision)) => Outcome::Failure(match decision {
+            Some(FailureDecision::Retry { delay }) => {
+                pb::FailureDecision { action: "retry".into(), delay_ms: delay.as_millis() as u64 }
+            }
+            Some(FailureDecision::DeadLetter) => pb::FailureDecision { action: "dlq".into(), delay_ms: 0 },
+            None => pb::FailureDecision { action: "default".into(), delay_ms: 0 },
+        }),
+        Err(error) => Outcome::Error(to_item_error(&error.into())),
     }
 }

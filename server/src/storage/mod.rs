@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 pub use rocks::RocksStore;
 
-use crate::domain::{Lane, MessageId, QueueId, QueueSettings, StorageError, ThrottleLimit};
+use crate::domain::{Lane, MessageId, QueueId, QueueSettings, ScriptSources, StorageError, ThrottleLimit};
 
 /// A queue as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,7 @@ pub struct QueueDef {
     pub id: QueueId,
     pub name: String,
     pub settings: QueueSettings,
+    pub scripts: ScriptSources,
 }
 
 /// One state change. A [`ChangeSet`] is applied atomically.

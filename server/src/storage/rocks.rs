@@ -9,7 +9,7 @@ use rocksdb::{
 
 use super::keys;
 use super::{Change, ChangeSet, DueMessage, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
-use crate::domain::{Lane, MessageId, QueueId, QueueSettings, StorageError, ThrottleLimit};
+use crate::domain::{Lane, MessageId, QueueId, QueueSettings, ScriptSources, StorageError, ThrottleLimit};
 
 const CF_QUEUES: &str = "queues";
 const CF_MESSAGES: &str = "messages";
@@ -36,6 +36,10 @@ struct QueueRecord {
     /// 0 in records written before it existed: the default.
     #[prost(uint32, tag = "5")]
     max_attempts: u32,
+    #[prost(string, optional, tag = "6")]
+    on_enqueue_script: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    on_failure_script: Option<String>,
 }
 
 /// A throttle limit as stored in the `throttles` column family.
@@ -92,6 +96,7 @@ impl RocksStore {
             let (_, value) = entry.map_err(io)?;
             let rec: QueueRecord =
                 prost::Message::decode(&*value).map_err(|e| StorageError::Corrupt(format!("queue definition: {e}")))?;
+            let scripts = ScriptSources { on_enqueue: rec.on_enqueue_script, on_failure: rec.on_failure_script };
             queues.push(QueueDef {
                 id: rec.id,
                 name: rec.name,
@@ -102,6 +107,7 @@ impl RocksStore {
                     quantum: crate::domain::queue::quantum_from_wire(rec.quantum)
                         .unwrap_or(crate::domain::queue::DEFAULT_QUANTUM),
                 },
+                scripts,
             });
         }
         Ok(queues)
@@ -222,6 +228,8 @@ impl Store for RocksStore {
                         visibility_timeout_ms: def.settings.visibility_timeout.as_millis() as u64,
                         quantum: def.settings.quantum,
                         max_attempts: def.settings.max_attempts,
+                        on_enqueue_script: def.scripts.on_enqueue.clone(),
+                        on_failure_script: def.scripts.on_failure.clone(),
                     };
                     batch.put_cf(self.cf(CF_QUEUES), def.name.as_bytes(), prost::Message::encode_to_vec(&rec));
                 }
@@ -448,7 +456,12 @@ mod tests {
         let (msg, id) = put(1, "a", 7);
         {
             let store = RocksStore::open(dir.path(), true).unwrap();
-            let def = QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default() };
+            let def = QueueDef {
+                id: 1,
+                name: "q".into(),
+                settings: QueueSettings::default(),
+                scripts: ScriptSources { on_enqueue: Some("function on_enqueue(m) end".into()), on_failure: None },
+            };
             let weighted = Change::PutMessage {
                 queue: 1,
                 lane: lane("b"),
@@ -475,6 +488,7 @@ mod tests {
         let rec = store.recover().unwrap();
         assert_eq!(rec.queues.len(), 1);
         assert_eq!(rec.queues[0].name, "q");
+        assert_eq!(rec.queues[0].scripts.on_enqueue.as_deref(), Some("function on_enqueue(m) end"));
         assert_eq!(rec.next_queue_id, 2);
         assert_eq!(rec.max_seq, 7);
         let mut lanes = rec.lanes.clone();

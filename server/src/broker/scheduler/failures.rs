@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::{Round, Scheduler};
-use crate::broker::failure_policy::{default_action, FailureAction};
+use crate::broker::failure_policy::{backoff, default_action, FailureAction};
 use crate::broker::leases::Lease;
 use crate::domain::message::{unix_millis, MessageRecord};
 use crate::domain::{BrokerError, Lane, MessageId, QueueId, QueueName, StorageError, ThrottleSet};
@@ -28,9 +28,12 @@ impl<S: Store> Scheduler<S> {
         record.last_error = error;
         let Some(queue) = self.queues.get(&queue_id) else { return Ok(()) };
         let name = QueueName::parse(&queue.def.name).expect("stored queue names are valid");
+        let max_attempts = queue.def.settings.max_attempts;
         let dead_letter_queue =
             if name.is_dead_letter() { None } else { self.names.get(name.dead_letter().as_str()).copied() };
-        let action = default_action(record.failures, queue.def.settings.max_attempts, dead_letter_queue.is_some());
+        let action = self
+            .ask_on_failure(queue_id, &record)
+            .unwrap_or_else(|| default_action(record.failures, max_attempts, dead_letter_queue.is_some()));
         round.changes.push(Change::DeleteMessage {
             queue: queue_id,
             lane: lease.lane.clone(),
@@ -39,6 +42,12 @@ impl<S: Store> Scheduler<S> {
         });
         self.lease_ended(&lease);
         let id = lease.token.message;
+        // A queue without a dead-letter queue (a dead-letter queue itself)
+        // retries with backoff instead.
+        let action = match (action, dead_letter_queue) {
+            (FailureAction::DeadLetter, None) => FailureAction::Retry { delay: backoff(record.failures) },
+            (action, _) => action,
+        };
         match (action, dead_letter_queue) {
             (FailureAction::DeadLetter, Some(dlq)) => self.dead_letter(dlq, id, record, round),
             (FailureAction::Retry { delay }, _) if !delay.is_zero() => {

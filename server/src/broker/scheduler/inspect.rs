@@ -7,14 +7,30 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Round, Scheduler};
 use crate::broker::queue_state::{KeyState, QueueState};
 use crate::broker::throttle::Throttles;
-use crate::broker::{ExplainState, ExplainSubject, Explanation, PeekedMessage, QueueInfo, SettingsUpdate};
+use crate::broker::{
+    ExplainState, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueueScriptsInfo, SettingsUpdate,
+};
 use crate::domain::{BrokerError, MessageId, QueueId, QueueName};
+use crate::scripting::ScriptHook;
 use crate::storage::{Change, Store, StoredMessage};
 
 /// Messages counted at most when telling how far back a message is.
 const MAX_AHEAD_COUNTED: u64 = 1_000_000;
 
 impl<S: Store> Scheduler<S> {
+    pub(super) fn get_queue(&self, name: &QueueName) -> Result<(QueueInfo, QueueScriptsInfo), BrokerError> {
+        let queue = &self.queues[&self.queue_id(name)?];
+        let stats = |hook| queue.scripts.as_ref().and_then(|s| s.stats(hook));
+        let scripts = QueueScriptsInfo {
+            sources: queue.def.scripts.clone(),
+            on_enqueue: stats(ScriptHook::OnEnqueue),
+            on_failure: stats(ScriptHook::OnFailure),
+        };
+        Ok((Self::info(queue), scripts))
+    }
+
+    /// Applies a settings update. New scripts are compiled first, so a bad
+    /// script changes nothing; they apply to the next message.
     pub(super) fn update_queue(
         &mut self,
         name: &QueueName,
@@ -22,7 +38,19 @@ impl<S: Store> Scheduler<S> {
         round: &mut Round,
     ) -> Result<QueueInfo, BrokerError> {
         let id = self.queue_id(name)?;
+        let script_limits = self.script_limits;
         let queue = self.queues.get_mut(&id).expect("named queues exist");
+        if update.on_enqueue.is_some() || update.on_failure.is_some() {
+            let mut sources = queue.def.scripts.clone();
+            if let Some(source) = update.on_enqueue {
+                sources.on_enqueue = source;
+            }
+            if let Some(source) = update.on_failure {
+                sources.on_failure = source;
+            }
+            queue.scripts = super::compile_scripts(&sources, script_limits)?;
+            queue.def.scripts = sources;
+        }
         let settings = &mut queue.def.settings;
         if let Some(timeout) = update.visibility_timeout {
             settings.visibility_timeout = timeout;

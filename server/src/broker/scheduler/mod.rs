@@ -18,17 +18,19 @@ use super::throttle::Throttles;
 mod config;
 mod dispatch;
 mod failures;
+mod hooks;
 mod inspect;
 mod limits;
 use super::{
-    ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueStats, SettingsUpdate,
-    ThrottleInfo, ThrottlePage,
+    ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
+    SettingsUpdate, ThrottleInfo, ThrottlePage,
 };
 use crate::domain::message::unix_millis;
 use crate::domain::{
-    BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, StorageError,
-    ThrottleLimit,
+    BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, ScriptSources,
+    StorageError, ThrottleLimit,
 };
+use crate::scripting::{QueueScripts, ScriptLimits};
 use crate::storage::{Change, ChangeSet, QueueDef, Store};
 
 /// Most commands taken into one round, so expiries and deliveries keep
@@ -87,6 +89,7 @@ pub enum Command {
     CreateQueue {
         name: QueueName,
         settings: QueueSettings,
+        scripts: ScriptSources,
         reply: Reply<Result<QueueInfo, BrokerError>>,
     },
     DeleteQueue {
@@ -144,7 +147,7 @@ pub enum Command {
     },
     GetQueue {
         name: QueueName,
-        reply: Reply<Result<QueueInfo, BrokerError>>,
+        reply: Reply<Result<(QueueInfo, QueueScriptsInfo), BrokerError>>,
     },
     UpdateQueue {
         name: QueueName,
@@ -261,13 +264,14 @@ pub struct Scheduler<S: Store> {
     config: BTreeMap<String, String>,
     /// When the earliest delayed message is due (Unix ms), if any.
     next_due_ms: Option<u64>,
+    script_limits: ScriptLimits,
     closing: bool,
 }
 
 impl<S: Store> Scheduler<S> {
     /// Rebuilds state from storage. Every stored message is ready: leases do
     /// not survive a restart.
-    pub fn recover(store: S) -> Result<Self, BrokerError> {
+    pub fn recover(store: S, script_limits: ScriptLimits) -> Result<Self, BrokerError> {
         let recovered = store.recover()?;
         let mut scheduler = Scheduler {
             store,
@@ -285,11 +289,21 @@ impl<S: Store> Scheduler<S> {
             next_ticket: 1,
             config: recovered.config.iter().cloned().collect(),
             next_due_ms: recovered.next_due_ms,
+            script_limits,
             closing: false,
         };
         for def in recovered.queues {
             scheduler.names.insert(def.name.clone(), def.id);
-            scheduler.queues.insert(def.id, QueueState::new(def));
+            // Scripts were validated when submitted; one that no longer
+            // compiles is logged and skipped rather than keeping the broker
+            // down.
+            let compiled = compile_scripts(&def.scripts, script_limits).unwrap_or_else(|error| {
+                tracing::error!(queue = %def.name, %error, "a stored script does not compile; the queue runs without it");
+                None
+            });
+            let mut state = QueueState::new(def);
+            state.scripts = compiled;
+            scheduler.queues.insert(state.def.id, state);
         }
         let mut messages = 0;
         // The newest weighted message of each key sets its weight.
@@ -456,8 +470,8 @@ impl<S: Store> Scheduler<S> {
                     .collect();
                 round.answer(reply, results);
             }
-            Command::CreateQueue { name, settings, reply } => {
-                let result = self.create_queue(name, settings, round);
+            Command::CreateQueue { name, settings, scripts, reply } => {
+                let result = self.create_queue(name, settings, scripts, round);
                 round.answer(reply, result);
             }
             Command::DeleteQueue { name, reply } => {
@@ -505,7 +519,7 @@ impl<S: Store> Scheduler<S> {
                 round.answer(reply, result);
             }
             Command::GetQueue { name, reply } => {
-                let result = self.queue_id(&name).map(|id| Self::info(&self.queues[&id]));
+                let result = self.get_queue(&name);
                 round.answer(reply, result);
             }
             Command::UpdateQueue { name, update, reply } => {
@@ -545,6 +559,7 @@ impl<S: Store> Scheduler<S> {
 
     fn enqueue(&mut self, message: PreparedMessage, round: &mut Round) -> Result<MessageId, BrokerError> {
         let queue_id = self.queue_id(&message.queue)?;
+        let message = self.apply_on_enqueue(queue_id, message);
         if !message.delay.is_zero() {
             let due_ms = unix_millis(SystemTime::now() + message.delay);
             self.put_delayed(queue_id, message.lane, message.id, message.weight, due_ms, message.record, round);
@@ -708,26 +723,37 @@ impl<S: Store> Scheduler<S> {
         &mut self,
         name: QueueName,
         settings: QueueSettings,
+        scripts: ScriptSources,
         round: &mut Round,
     ) -> Result<QueueInfo, BrokerError> {
         if self.names.contains_key(name.as_str()) {
             return Err(QueueError::AlreadyExists(name.to_string()).into());
         }
-        let info = self.add_queue(&name, settings, round);
+        // Validated before anything is stored: a bad script creates nothing.
+        let compiled = compile_scripts(&scripts, self.script_limits)?;
+        let info = self.add_queue(&name, settings, scripts, compiled, round);
         if !name.is_dead_letter() {
-            self.add_queue(&name.dead_letter(), QueueSettings::default(), round);
+            self.add_queue(&name.dead_letter(), QueueSettings::default(), ScriptSources::default(), None, round);
         }
         Ok(info)
     }
 
-    fn add_queue(&mut self, name: &QueueName, settings: QueueSettings, round: &mut Round) -> QueueInfo {
+    fn add_queue(
+        &mut self,
+        name: &QueueName,
+        settings: QueueSettings,
+        scripts: ScriptSources,
+        compiled: Option<QueueScripts>,
+        round: &mut Round,
+    ) -> QueueInfo {
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        let def = QueueDef { id, name: name.to_string(), settings };
+        let def = QueueDef { id, name: name.to_string(), settings, scripts };
         round.changes.push(Change::PutQueue(def.clone()));
         round.changes.push(Change::SetNextQueueId(self.next_queue_id));
         round.changes.needs_sync = true;
-        let state = QueueState::new(def);
+        let mut state = QueueState::new(def);
+        state.scripts = compiled;
         let info = Self::info(&state);
         self.names.insert(name.to_string(), id);
         self.queues.insert(id, state);
@@ -785,4 +811,12 @@ enum Wake {
     Command(Command),
     Deadline,
     Orphaned,
+}
+
+/// Compiles a queue's scripts; `None` when it has none.
+fn compile_scripts(sources: &ScriptSources, limits: ScriptLimits) -> Result<Option<QueueScripts>, BrokerError> {
+    if sources.on_enqueue.is_none() && sources.on_failure.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(QueueScripts::compile(sources.on_enqueue.as_deref(), sources.on_failure.as_deref(), limits)?))
 }

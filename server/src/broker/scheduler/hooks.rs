@@ -1,0 +1,78 @@
+//! Calling a queue's Lua hooks from the scheduler, and what happens when a
+//! hook fails: the message always goes on, with safe defaults.
+
+use std::sync::Arc;
+
+use super::{PreparedMessage, Scheduler};
+use crate::broker::failure_policy::FailureAction;
+use crate::domain::message::{MessageRecord, DEFAULT_FAIRNESS_KEY};
+use crate::domain::{Lane, QueueId, ScriptError, ThrottleSet};
+use crate::scripting::{EnqueueDecision, FailureDecision, ScriptHook, ScriptMessage};
+use crate::storage::Store;
+
+impl<S: Store> Scheduler<S> {
+    /// Runs the queue's `on_enqueue` hook, if it has one, and applies its
+    /// decision to the message. If the hook fails (or its breaker is open)
+    /// the documented safe defaults apply: the default fairness key, no
+    /// weight, no throttle keys.
+    pub(super) fn apply_on_enqueue(&mut self, queue_id: QueueId, mut message: PreparedMessage) -> PreparedMessage {
+        let Scheduler { queues, config, .. } = self;
+        let Some(queue) = queues.get_mut(&queue_id) else { return message };
+        let Some(scripts) = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnEnqueue)) else { return message };
+        let Ok(mut record) = MessageRecord::decode_bytes(message.record.clone()) else { return message };
+        let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
+        let decision = match scripts.on_enqueue(&msg, config) {
+            Ok(decision) if decision == EnqueueDecision::default() => return message,
+            Ok(decision) => decision,
+            Err(error) => {
+                log_failure(&queue.def.name, &error);
+                EnqueueDecision {
+                    fairness_key: Some(DEFAULT_FAIRNESS_KEY.to_owned()),
+                    weight: None,
+                    throttle_keys: Some(Vec::new()),
+                }
+            }
+        };
+        if let Some(key) = decision.fairness_key {
+            record.fairness_key = key;
+        }
+        if let Some(weight) = decision.weight {
+            record.weight = weight;
+        }
+        if let Some(keys) = decision.throttle_keys {
+            record.throttle_keys = keys;
+        }
+        message.lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
+        message.weight = record.weight;
+        message.record = record.encode_bytes();
+        message
+    }
+
+    /// Asks the queue's `on_failure` hook what to do after a failed attempt;
+    /// `None` (no hook, it returned nil, or it failed) means the default
+    /// policy decides.
+    pub(super) fn ask_on_failure(&mut self, queue_id: QueueId, record: &MessageRecord) -> Option<FailureAction> {
+        let Scheduler { queues, config, .. } = self;
+        let queue = queues.get_mut(&queue_id)?;
+        let scripts = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnFailure))?;
+        let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
+        match scripts.on_failure(&msg, record.failures, &record.last_error, config) {
+            Ok(Some(FailureDecision::Retry { delay })) => Some(FailureAction::Retry { delay }),
+            Ok(Some(FailureDecision::DeadLetter)) => Some(FailureAction::DeadLetter),
+            Ok(None) => None,
+            Err(error) => {
+                log_failure(&queue.def.name, &error);
+                None
+            }
+        }
+    }
+}
+
+/// Every failure is counted by the hook's breaker; each is logged too,
+/// except calls skipped while the breaker is open (that would log every
+/// message).
+fn log_failure(queue: &str, error: &ScriptError) {
+    if !matches!(error, ScriptError::BreakerOpen { .. }) {
+        tracing::warn!(queue, %error, "queue script failed; safe defaults apply to this message");
+    }
+}

@@ -1,0 +1,374 @@
+//! One sandboxed Lua VM holding one loaded script: what a script can reach,
+//! how its time and memory are bounded, and how a hook is called.
+//!
+//! Every script gets a VM of its own (one per queue and hook), so nothing a
+//! script does (globals, changes to `string` or `math`, memory it holds) is
+//! visible to any other script.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mlua::{ChunkMode, Function, HookTriggers, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+use super::{json, ConfigSource, ScriptLimits};
+use crate::domain::{ScriptError, ScriptHook};
+
+/// The time budget is checked every this many VM instructions. A tight loop
+/// runs roughly 100 to 500 million instructions a second, so a check comes
+/// every few microseconds of Lua; a 10-line script runs well under 1,000
+/// instructions, so most calls are never interrupted at all.
+const BUDGET_CHECK_INSTRUCTIONS: u32 = 1000;
+
+/// Standard libraries loaded into a script VM. `io`, `package` (`require`),
+/// `debug` and `coroutine` are never loaded; `os` is loaded only to take
+/// `os.time` and `os.clock` from it (see [`GLOBALS`]).
+fn libs() -> StdLib {
+    StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::OS
+}
+
+/// The globals a script sees; everything else the libraries define is
+/// removed. Notably absent: `load`, `loadstring`, `dofile`, `loadfile`,
+/// `require`, `collectgarbage`, `print`, `warn`, `io`, `debug`, `package`,
+/// `coroutine`. `string.dump` is removed from `string`, and `os` keeps only
+/// `time` and `clock`. `pcall`, `xpcall` and `setmetatable` are wrapped (see
+/// `SETUP`), and `fila` holds the helpers.
+pub(super) const GLOBALS: &[&str] = &[
+    "_G",
+    "_VERSION",
+    "assert",
+    "error",
+    "getmetatable",
+    "ipairs",
+    "next",
+    "pairs",
+    "pcall",
+    "rawequal",
+    "rawget",
+    "rawlen",
+    "rawset",
+    "select",
+    "setmetatable",
+    "tonumber",
+    "tostring",
+    "type",
+    "xpcall",
+    "math",
+    "string",
+    "table",
+    "utf8",
+    "os",
+    "fila",
+];
+
+/// Runs once in every VM, before the script, with the config slot and the
+/// budget's `expired` check as arguments.
+const SETUP: &str = r#"
+local slot, expired = ...
+local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
+local error, type, rawget = error, type, rawget
+
+-- A call stopped for its time budget ends the whole call: pcall and xpcall
+-- re-raise the error instead of letting the script carry on.
+local function pass(ok, ...)
+  if not ok and expired() then error((...), 0) end
+  return ok, ...
+end
+function pcall(f, ...) return pass(raw_pcall(f, ...)) end
+function xpcall(f, handler, ...) return pass(raw_xpcall(f, handler, ...)) end
+
+-- Finalizers run whenever the collector decides and their errors are
+-- swallowed, so they could escape the time budget: scripts cannot set them.
+function setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not available to scripts", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+-- slot[1] is the current call's configuration reader (see Vm::call); this
+-- wrapper stays valid even if a script keeps a reference to fila.get.
+function fila.get(key) return slot[1](key) end
+"#;
+
+/// Calls a hook with a `msg` table built in Lua from the fields the broker
+/// passes (building it here is faster than from Rust one field at a time).
+/// Kept by the VM's owner only; scripts cannot reach it.
+const ENQUEUE_TRAMPOLINE: &str = r#"
+return function(hook, queue, headers, payload_size, payload)
+  return hook({ queue = queue, headers = headers, payload_size = payload_size, payload = payload })
+end
+"#;
+const FAILURE_TRAMPOLINE: &str = r#"
+return function(hook, queue, headers, payload_size, payload, attempts, error)
+  return hook({ queue = queue, headers = headers, payload_size = payload_size, payload = payload }, attempts, error)
+end
+"#;
+
+/// The time budget of the call in progress, shared with the VM's
+/// instruction hook.
+struct Budget {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` when the current call must stop;
+    /// `u64::MAX` while no call runs.
+    deadline: AtomicU64,
+    /// Set by the hook when it stopped a call.
+    expired: AtomicBool,
+}
+
+impl Budget {
+    fn arm(&self, limit: std::time::Duration) {
+        let deadline = self.epoch.elapsed().saturating_add(limit).as_nanos();
+        self.deadline.store(u64::try_from(deadline).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.expired.store(false, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    fn check(&self) -> mlua::Result<VmState> {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        if deadline != u64::MAX && self.epoch.elapsed().as_nanos() >= u128::from(deadline) {
+            self.expired.store(true, Ordering::Relaxed);
+            return Err(mlua::Error::runtime("time budget exceeded"));
+        }
+        Ok(VmState::Continue)
+    }
+
+    fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+}
+
+/// A sandboxed VM with one script loaded and its hook function resolved.
+pub(super) struct Vm {
+    hook: ScriptHook,
+    lua: Lua,
+    budget: Arc<Budget>,
+    config_slot: Table,
+    /// The script's hook function.
+    function: Function,
+    /// Builds `msg` and calls `function` (see `ENQUEUE_TRAMPOLINE`).
+    trampoline: Function,
+    wants_payload: bool,
+    limits: ScriptLimits,
+}
+
+impl Vm {
+    /// Creates the sandbox, runs the script's top-level code (within the
+    /// budgets) and finds its hook function.
+    pub(super) fn load(hook: ScriptHook, source: &str, limits: &ScriptLimits) -> Result<Vm, ScriptError> {
+        let setup_failed =
+            |e: mlua::Error| ScriptError::Compile { hook, message: format!("cannot set up the VM: {e}") };
+        let budget = Arc::new(Budget {
+            epoch: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            expired: AtomicBool::new(false),
+        });
+        let (lua, config_slot) = sandbox(&budget).map_err(setup_failed)?;
+
+        let trampoline = match hook {
+            ScriptHook::OnEnqueue => ENQUEUE_TRAMPOLINE,
+            ScriptHook::OnFailure => FAILURE_TRAMPOLINE,
+        };
+        let trampoline: Function =
+            lua.load(trampoline).set_name("=fila").set_mode(ChunkMode::Text).eval().map_err(setup_failed)?;
+        lua.set_memory_limit(limits.memory_bytes).map_err(setup_failed)?;
+
+        let mut vm = Vm {
+            hook,
+            function: trampoline.clone(),
+            trampoline,
+            lua,
+            budget,
+            config_slot,
+            wants_payload: false,
+            limits: *limits,
+        };
+        // Compile errors carry Lua's own text, e.g. `on_enqueue:3: '=' expected near 'x'`.
+        let chunk = vm
+            .lua
+            .load(source)
+            .set_name(format!("={hook}"))
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| ScriptError::Compile { hook, message: describe(&e) })?;
+        // Top-level code runs under the same budgets as a call; if it fails
+        // the script is rejected.
+        vm.run(&super::NoConfig, |_, _| Ok(()), |()| chunk.call::<()>(()), Ok).map_err(|e| {
+            let message = match e {
+                ScriptError::Runtime { message, .. } => message,
+                ScriptError::Timeout { limit, .. } => format!("its top-level code ran longer than the limit of {limit:?}"),
+                ScriptError::Memory { limit, .. } => {
+                    format!("its top-level code needed more than the memory limit of {limit} bytes")
+                }
+                other => other.to_string(),
+            };
+            ScriptError::Compile { hook, message }
+        })?;
+
+        let globals = vm.lua.globals();
+        vm.function = match globals.raw_get::<Value>(hook.as_str()) {
+            Ok(Value::Function(f)) => f,
+            _ => return Err(ScriptError::MissingHook { hook }),
+        };
+        vm.wants_payload = matches!(globals.raw_get::<Value>("wants_payload"), Ok(Value::Boolean(true)));
+        Ok(vm)
+    }
+
+    pub(super) fn wants_payload(&self) -> bool {
+        self.wants_payload
+    }
+
+    /// Calls the hook through its trampoline with the arguments `make_args`
+    /// builds (given the hook function, they are the trampoline's) and turns
+    /// its result into a decision with `convert`. Only the script's own
+    /// execution is subject to the budgets: building arguments and
+    /// converting the result are the broker's work, bounded by the message.
+    pub(super) fn call<A: IntoLuaMulti, R>(
+        &self,
+        config: &dyn ConfigSource,
+        make_args: impl FnOnce(&Lua, &Function) -> mlua::Result<A>,
+        convert: impl FnOnce(Value) -> Result<R, ScriptError>,
+    ) -> Result<R, ScriptError> {
+        self.run(config, make_args, |args| self.trampoline.call::<Value>(args), convert)
+    }
+
+    fn run<A, T, R>(
+        &self,
+        config: &dyn ConfigSource,
+        make_args: impl FnOnce(&Lua, &Function) -> mlua::Result<A>,
+        call: impl FnOnce(A) -> mlua::Result<T>,
+        convert: impl FnOnce(T) -> Result<R, ScriptError>,
+    ) -> Result<R, ScriptError> {
+        let hook = self.hook;
+        // With a memory limit set, mlua makes every allocation a protected
+        // call (several times slower); the broker's own work in this
+        // function runs without it, and the script's execution with it.
+        let _unlimited = MemoryLimitLifted::new(&self.lua, self.limits.memory_bytes);
+        let result = self.lua.scope(|scope| {
+            // The reader lives only as long as this call: `config` is
+            // borrowed, never kept.
+            let get = scope.create_function(|lua, key: Value| match key {
+                Value::String(key) => match config.get(&key.to_str()?) {
+                    Some(value) => Ok(Value::String(lua.create_string(value)?)),
+                    None => Ok(Value::Nil),
+                },
+                other => Err(mlua::Error::runtime(format!("fila.get expects a string key, got {}", other.type_name()))),
+            })?;
+            self.config_slot.raw_set(1, get)?;
+            let args = make_args(&self.lua, &self.function)?;
+            self.lua.set_memory_limit(self.limits.memory_bytes)?;
+            self.budget.arm(self.limits.timeout);
+            let result = call(args);
+            self.budget.disarm();
+            self.lua.set_memory_limit(0)?;
+            result
+        });
+        let value = result.map_err(|e| {
+            if self.budget.expired() {
+                ScriptError::Timeout { hook, limit: self.limits.timeout }
+            } else if is_memory_error(&e) {
+                // Free what the failed call left behind, so the next call
+                // starts from the script's steady state.
+                let _ = self.lua.gc_collect();
+                ScriptError::Memory { hook, limit: self.limits.memory_bytes }
+            } else {
+                ScriptError::Runtime { hook, message: describe(&e) }
+            }
+        })?;
+        convert(value)
+    }
+
+    #[cfg(test)]
+    pub(super) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+}
+
+/// A VM with only the allowed globals, the wrappers of `SETUP` and the
+/// `fila` helpers. Returns the VM and its config slot.
+fn sandbox(budget: &Arc<Budget>) -> mlua::Result<(Lua, Table)> {
+    let lua = Lua::new_with(libs(), LuaOptions::default())?;
+    let globals = lua.globals();
+
+    let os: Table = globals.raw_get("os")?;
+    let safe_os = lua.create_table()?;
+    safe_os.raw_set("time", os.raw_get::<Function>("time")?)?;
+    safe_os.raw_set("clock", os.raw_get::<Function>("clock")?)?;
+    globals.raw_set("os", safe_os)?;
+    let string: Table = globals.raw_get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+
+    let fila = lua.create_table()?;
+    fila.raw_set("json_decode", lua.create_function(|lua, text: Value| json::decode(lua, text))?)?;
+    globals.raw_set("fila", fila)?;
+
+    let mut unwanted = Vec::new();
+    for pair in globals.pairs::<Value, Value>() {
+        let (name, _) = pair?;
+        let allowed = match &name {
+            Value::String(s) => GLOBALS.iter().any(|g| s.as_bytes().as_ref() == g.as_bytes()),
+            _ => false,
+        };
+        if !allowed {
+            unwanted.push(name);
+        }
+    }
+    for name in unwanted {
+        globals.raw_set(name, Value::Nil)?;
+    }
+
+    let config_slot = lua.create_table()?;
+    let check = Arc::clone(budget);
+    let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
+    lua.load(SETUP).set_name("=sandbox").set_mode(ChunkMode::Text).call::<()>((config_slot.clone(), expired))?;
+
+    let check = Arc::clone(budget);
+    lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_CHECK_INSTRUCTIONS), move |_, _| check.check())?;
+    Ok((lua, config_slot))
+}
+
+/// Removes a VM's memory limit until dropped, then restores it.
+struct MemoryLimitLifted<'a> {
+    lua: &'a Lua,
+    limit: usize,
+}
+
+impl<'a> MemoryLimitLifted<'a> {
+    fn new(lua: &'a Lua, limit: usize) -> Self {
+        let _ = lua.set_memory_limit(0);
+        MemoryLimitLifted { lua, limit }
+    }
+}
+
+impl Drop for MemoryLimitLifted<'_> {
+    fn drop(&mut self) {
+        let _ = self.lua.set_memory_limit(self.limit);
+    }
+}
+
+fn is_memory_error(error: &mlua::Error) -> bool {
+    match error {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory_error(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory_error(cause),
+        _ => false,
+    }
+}
+
+/// The message of a Lua or callback error, without the stack traceback.
+fn describe(error: &mlua::Error) -> String {
+    let text = match error {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(message) | mlua::Error::MemoryError(message) => message.clone(),
+        mlua::Error::CallbackError { cause, .. } => return describe(cause),
+        mlua::Error::WithContext { cause, .. } => return describe(cause),
+        other => other.to_string(),
+    };
+    match text.find("\nstack traceback:") {
+        Some(end) => text[..end].to_owned(),
+        None => text,
+    }
+}

@@ -1,0 +1,614 @@
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::sandbox::GLOBALS;
+use super::*;
+
+fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn config(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    headers(pairs)
+}
+
+/// Runs `source`'s on_enqueue once against a small message.
+fn enqueue(source: &str) -> Result<EnqueueDecision, ScriptError> {
+    let h = headers(&[("tenant", "acme")]);
+    let msg = ScriptMessage { queue: "orders", headers: &h, payload: br#"{"n":1}"# };
+    test_on_enqueue(source, &msg, &NoConfig, ScriptLimits::default())
+}
+
+fn failure(source: &str) -> Result<Option<FailureDecision>, ScriptError> {
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "orders", headers: &h, payload: b"x" };
+    test_on_failure(source, &msg, 2, "boom", &NoConfig, ScriptLimits::default())
+}
+
+fn returning(table: &str) -> String {
+    format!("function on_enqueue(msg) return {table} end")
+}
+
+fn runtime_message(result: Result<EnqueueDecision, ScriptError>) -> String {
+    match result {
+        Err(ScriptError::Runtime { message, .. }) => message,
+        other => panic!("expected a runtime error, got {other:?}"),
+    }
+}
+
+// ---- sandbox ----
+
+#[test]
+fn escapes_are_blocked() {
+    let attempts = [
+        ("io", r#"io.open("/etc/hostname", "r")"#),
+        ("io", r#"io.popen("id")"#),
+        ("execute", r#"os.execute("true")"#),
+        ("getenv", r#"os.getenv("HOME")"#),
+        ("remove", r#"os.remove("/tmp/fila-script-test")"#),
+        ("require", r#"require("os")"#),
+        ("load", r#"load("return 1")()"#),
+        ("loadstring", r#"loadstring("return 1")()"#),
+        ("dofile", r#"dofile("/etc/hostname")"#),
+        ("loadfile", r#"loadfile("/etc/hostname")"#),
+        ("debug", r#"debug.getinfo(1)"#),
+        ("dump", r#"string.dump(on_enqueue)"#),
+        ("dump", r#"(""):dump()"#),
+        ("package", r#"package.loadlib("libc.so.6", "system")"#),
+        ("collectgarbage", r#"collectgarbage("count")"#),
+        ("print", r#"print("hi")"#),
+        ("coroutine", r#"coroutine.wrap(function() end)()"#),
+    ];
+    for (name, code) in attempts {
+        let source = format!("function on_enqueue(msg) local r = {code} return nil end");
+        let message = runtime_message(enqueue(&source));
+        assert!(message.contains(name) && message.contains("nil value"), "{code}: {message}");
+    }
+}
+
+#[test]
+fn only_the_allowed_globals_exist() {
+    let source = r#"
+        local names = {}
+        for k in pairs(_G) do names[#names + 1] = k end
+        table.sort(names)
+        local os_names = {}
+        for k in pairs(os) do os_names[#os_names + 1] = k end
+        table.sort(os_names)
+        function on_enqueue(msg)
+            return { fairness_key = table.concat(names, ",") .. "|" .. table.concat(os_names, ",") }
+        end
+    "#;
+    let mut expected: Vec<&str> = GLOBALS.to_vec();
+    expected.sort();
+    let got = enqueue(source).unwrap().fairness_key.unwrap();
+    assert_eq!(got, format!("{}|clock,time", expected.join(",")));
+}
+
+#[test]
+fn bytecode_is_rejected() {
+    let result = QueueScripts::compile(Some("\x1bLua\x54\x00 not really bytecode"), None, ScriptLimits::default());
+    assert!(matches!(result, Err(ScriptError::Compile { .. })), "{result:?}");
+}
+
+#[test]
+fn globals_are_isolated_between_queues_and_hooks() {
+    let writer = r#"
+        shared = "from a"
+        string.upper = function() return "hijacked" end
+        function on_enqueue(msg) leaked = "yes" return nil end
+    "#;
+    let reader = r#"
+        function on_enqueue(msg)
+            return { fairness_key = tostring(shared) .. "/" .. tostring(leaked) .. "/" .. string.upper("b") }
+        end
+        function on_failure(msg) return nil end
+    "#;
+    let mut a = QueueScripts::compile(Some(writer), Some(reader), ScriptLimits::default()).unwrap();
+    let mut b = QueueScripts::compile(Some(reader), None, ScriptLimits::default()).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    a.on_enqueue(&msg, &NoConfig).unwrap();
+    let seen = b.on_enqueue(&msg, &NoConfig).unwrap();
+    assert_eq!(seen.fairness_key.as_deref(), Some("nil/nil/B"));
+    // The same queue's other hook has a VM of its own too.
+    assert_eq!(a.on_failure(&msg, 1, "e", &NoConfig).unwrap(), None);
+    let vm_globals = a.on_failure.as_ref().unwrap().vm.lua().globals();
+    assert!(vm_globals.get::<Option<String>>("shared").unwrap().is_none());
+}
+
+#[test]
+fn finalizers_cannot_be_set() {
+    let source = r#"function on_enqueue(msg) setmetatable({}, { __gc = function() end }) end"#;
+    assert!(runtime_message(enqueue(source)).contains("__gc"));
+    // Other metatables work.
+    let source = r#"
+        function on_enqueue(msg)
+            local t = setmetatable({}, { __index = function() return "k" end })
+            return { fairness_key = t.anything }
+        end
+    "#;
+    assert_eq!(enqueue(source).unwrap().fairness_key.as_deref(), Some("k"));
+}
+
+// ---- limits ----
+
+fn assert_timeout(source: &str) {
+    let started = Instant::now();
+    let result = enqueue(source);
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result, Err(ScriptError::Timeout { limit, .. }) if limit == DEFAULT_TIMEOUT),
+        "{source}: {result:?}"
+    );
+    assert!(elapsed < Duration::from_millis(50), "{source}: stopped only after {elapsed:?}");
+}
+
+#[test]
+fn infinite_loops_are_stopped() {
+    assert_timeout("function on_enqueue(msg) while true do end end");
+    assert_timeout("function on_enqueue(msg) local function f() return f() end return f() end");
+}
+
+#[test]
+fn pcall_cannot_swallow_the_time_budget() {
+    assert_timeout("function on_enqueue(msg) while true do pcall(function() while true do end end) end end");
+    assert_timeout(
+        "function on_enqueue(msg) while true do xpcall(function() while true do end end, function(e) return e end) end end",
+    );
+    // An ordinary error is still caught by pcall.
+    let source =
+        r#"function on_enqueue(msg) local ok, e = pcall(error, "x") return { fairness_key = tostring(ok) } end"#;
+    assert_eq!(enqueue(source).unwrap().fairness_key.as_deref(), Some("false"));
+}
+
+#[test]
+fn top_level_code_is_bounded_too() {
+    let started = Instant::now();
+    let result = QueueScripts::compile(Some("while true do end"), None, ScriptLimits::default());
+    assert!(started.elapsed() < Duration::from_millis(50));
+    match result {
+        Err(ScriptError::Compile { message, .. }) => assert!(message.contains("limit"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unbounded_allocation_is_stopped() {
+    let growing = r#"
+        function on_enqueue(msg)
+            local t = {}
+            for i = 1, 1e12 do t[i] = "item " .. i end
+        end
+    "#;
+    let huge = r#"function on_enqueue(msg) return { fairness_key = string.rep("x", 1e9) } end"#;
+    let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
+    for source in [growing, huge] {
+        let h = headers(&[]);
+        let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+        let result = test_on_enqueue(source, &msg, &NoConfig, limits);
+        assert!(
+            matches!(result, Err(ScriptError::Memory { limit, .. }) if limit == DEFAULT_MEMORY_BYTES),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn a_vm_recovers_after_a_memory_error() {
+    let source = r#"
+        function on_enqueue(msg)
+            if msg.headers.big then local s = string.rep("x", 64 * 1024 * 1024) end
+            return { weight = 7 }
+        end
+    "#;
+    let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
+    let big = headers(&[("big", "1")]);
+    let small = headers(&[]);
+    let r = scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &big, payload: b"x" }, &NoConfig);
+    assert!(matches!(r, Err(ScriptError::Memory { .. })), "{r:?}");
+    let r = scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &small, payload: b"x" }, &NoConfig);
+    assert_eq!(r.unwrap().weight, Some(7));
+    let stats = scripts.stats(ScriptHook::OnEnqueue).unwrap();
+    assert_eq!((stats.calls, stats.memory_errors, stats.consecutive_failures), (2, 1, 0));
+}
+
+// ---- breaker ----
+
+#[test]
+fn breaker_opens_after_three_failures_and_recovers_after_cooldown() {
+    let source = r#"
+        function on_enqueue(msg)
+            if fila.get("fail") then error("failing on purpose") end
+            return { weight = 2 }
+        end
+    "#;
+    let cooldown = Duration::from_millis(40);
+    let limits = ScriptLimits { breaker_cooldown: cooldown, ..ScriptLimits::default() };
+    let mut scripts = QueueScripts::compile(Some(source), None, limits).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let failing = config(&[("fail", "1")]);
+    let healthy = config(&[]);
+
+    for _ in 0..3 {
+        assert!(matches!(scripts.on_enqueue(&msg, &failing), Err(ScriptError::Runtime { .. })));
+    }
+    let opened = Instant::now();
+    // Open: not called, even though the script would now succeed.
+    assert_eq!(scripts.on_enqueue(&msg, &healthy), Err(ScriptError::BreakerOpen { hook: ScriptHook::OnEnqueue }));
+    let stats = scripts.stats(ScriptHook::OnEnqueue).unwrap();
+    assert_eq!((stats.calls, stats.errors, stats.skipped, stats.breaker), (3, 3, 1, BreakerState::Open));
+
+    // Half-open trial fails: open again.
+    std::thread::sleep(cooldown.saturating_sub(opened.elapsed()) + Duration::from_millis(5));
+    assert!(matches!(scripts.on_enqueue(&msg, &failing), Err(ScriptError::Runtime { .. })));
+    assert_eq!(scripts.stats(ScriptHook::OnEnqueue).unwrap().breaker, BreakerState::Open);
+    assert!(matches!(scripts.on_enqueue(&msg, &healthy), Err(ScriptError::BreakerOpen { .. })));
+
+    // Trial succeeds: closed.
+    std::thread::sleep(cooldown + Duration::from_millis(5));
+    assert_eq!(scripts.on_enqueue(&msg, &healthy).unwrap().weight, Some(2));
+    let stats = scripts.stats(ScriptHook::OnEnqueue).unwrap();
+    assert_eq!((stats.calls, stats.errors, stats.skipped, stats.breaker), (5, 4, 2, BreakerState::Closed));
+    assert_eq!(scripts.on_enqueue(&msg, &healthy).unwrap().weight, Some(2));
+}
+
+#[test]
+fn timeouts_and_bad_returns_count_as_failures() {
+    let source = r#"
+        function on_failure(msg, attempts, err)
+            if err == "loop" then while true do end end
+            return { action = "later" }
+        end
+    "#;
+    let mut scripts = QueueScripts::compile(None, Some(source), ScriptLimits::default()).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    assert!(matches!(scripts.on_failure(&msg, 1, "loop", &NoConfig), Err(ScriptError::Timeout { .. })));
+    assert!(matches!(scripts.on_failure(&msg, 1, "x", &NoConfig), Err(ScriptError::BadReturn { .. })));
+    assert!(matches!(scripts.on_failure(&msg, 1, "loop", &NoConfig), Err(ScriptError::Timeout { .. })));
+    assert!(matches!(scripts.on_failure(&msg, 1, "x", &NoConfig), Err(ScriptError::BreakerOpen { .. })));
+    let stats = scripts.stats(ScriptHook::OnFailure).unwrap();
+    assert_eq!((stats.calls, stats.timeouts, stats.bad_returns, stats.skipped), (3, 2, 1, 1));
+    assert_eq!(stats.breaker, BreakerState::Open);
+    // The other hook is unaffected (and absent here).
+    assert_eq!(scripts.stats(ScriptHook::OnEnqueue), None);
+}
+
+// ---- validation at submission ----
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let source = "function on_enqueue(msg)\n  local w = 1\n  return { weight = }\nend\n";
+    match QueueScripts::compile(Some(source), None, ScriptLimits::default()) {
+        Err(ScriptError::Compile { hook: ScriptHook::OnEnqueue, message }) => {
+            assert!(message.starts_with("on_enqueue:3:"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let source = "function on_failure(msg)\n  return {\n";
+    match QueueScripts::compile(None, Some(source), ScriptLimits::default()) {
+        Err(ScriptError::Compile { hook: ScriptHook::OnFailure, message }) => {
+            assert!(message.starts_with("on_failure:3:"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn top_level_errors_are_rejected_with_their_line() {
+    match QueueScripts::compile(Some("\n\nerror('not today')"), None, ScriptLimits::default()) {
+        Err(ScriptError::Compile { message, .. }) => assert!(message.contains("on_enqueue:3: not today"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn missing_hooks_are_rejected() {
+    for source in ["function on_enq(msg) end", "on_enqueue = 5", "local function on_enqueue(msg) end", ""] {
+        let result = QueueScripts::compile(Some(source), None, ScriptLimits::default());
+        assert_eq!(result.unwrap_err(), ScriptError::MissingHook { hook: ScriptHook::OnEnqueue }, "{source}");
+    }
+    // Each script must define its own hook.
+    let result = QueueScripts::compile(None, Some("function on_enqueue(msg) end"), ScriptLimits::default());
+    assert_eq!(result.unwrap_err(), ScriptError::MissingHook { hook: ScriptHook::OnFailure });
+}
+
+// ---- on_enqueue ----
+
+#[test]
+fn on_enqueue_sees_the_message() {
+    let source = r#"
+        function on_enqueue(msg)
+            return {
+                fairness_key = msg.queue .. ":" .. msg.headers.tenant .. ":" .. msg.payload_size .. ":" .. tostring(msg.payload),
+            }
+        end
+    "#;
+    assert_eq!(enqueue(source).unwrap().fairness_key.as_deref(), Some("orders:acme:7:nil"));
+    let opted_in = format!("wants_payload = true\n{source}");
+    assert_eq!(enqueue(&opted_in).unwrap().fairness_key.as_deref(), Some(r#"orders:acme:7:{"n":1}"#));
+    let scripts = QueueScripts::compile(
+        Some(&opted_in),
+        Some(source.replace("on_enqueue", "on_failure").as_str()),
+        ScriptLimits::default(),
+    )
+    .unwrap();
+    assert!(scripts.wants_payload(ScriptHook::OnEnqueue));
+    assert!(!scripts.wants_payload(ScriptHook::OnFailure));
+}
+
+#[test]
+fn on_enqueue_decisions() {
+    assert_eq!(enqueue("function on_enqueue(msg) end").unwrap(), EnqueueDecision::default());
+    assert_eq!(enqueue(&returning("{}")).unwrap(), EnqueueDecision::default());
+    assert_eq!(
+        enqueue(&returning(r#"{ fairness_key = "t1", weight = 10 / 2, throttle_keys = { "a", "b" } }"#)).unwrap(),
+        EnqueueDecision {
+            fairness_key: Some("t1".into()),
+            weight: Some(5),
+            throttle_keys: Some(vec!["a".into(), "b".into()])
+        }
+    );
+    assert_eq!(enqueue(&returning("{ throttle_keys = {} }")).unwrap().throttle_keys, Some(vec![]));
+    assert_eq!(enqueue(&returning("{ weight = 1000000 }")).unwrap().weight, Some(1_000_000));
+    let max_key = format!(
+        "{{ fairness_key = string.rep('k', 256), throttle_keys = {{ {} }} }}",
+        vec!["string.rep('t', 256)"; 16].join(", ")
+    );
+    let d = enqueue(&returning(&max_key)).unwrap();
+    assert_eq!((d.fairness_key.unwrap().len(), d.throttle_keys.unwrap().len()), (256, 16));
+}
+
+#[test]
+fn bad_enqueue_returns_are_rejected() {
+    let cases = [
+        ("5", "expected a table or nil, got a number"),
+        (r#""k""#, "got a string"),
+        ("{ weight = 0 }", "weight 0 is out of range"),
+        ("{ weight = 1000001 }", "out of range"),
+        ("{ weight = -3 }", "out of range"),
+        ("{ weight = 2.5 }", "weight must be an integer"),
+        (r#"{ weight = "3" }"#, "weight must be an integer, got a string"),
+        (r#"{ fairness_key = "" }"#, "fairness_key must be 1 to 256 bytes"),
+        ("{ fairness_key = string.rep('k', 257) }", "fairness_key must be 1 to 256 bytes"),
+        ("{ fairness_key = 5 }", "fairness_key must be a string"),
+        ("{ fairness_key = '\\255' }", "valid UTF-8"),
+        (r#"{ throttle_keys = "a" }"#, "throttle_keys must be an array"),
+        (r#"{ throttle_keys = { x = "a" } }"#, "throttle_keys must be an array"),
+        (r#"{ throttle_keys = { [1] = "a", [3] = "c" } }"#, "without holes"),
+        (r#"{ throttle_keys = { "" } }"#, "throttle_keys[1] must be 1 to 256 bytes"),
+        (r#"{ throttle_keys = { "a", 5 } }"#, "throttle_keys[2] must be a string"),
+        ("{ throttle_keys = { string.rep('t', 257) } }", "1 to 256 bytes"),
+        (r#"{ fairnes_key = "t" }"#, "unknown field 'fairnes_key'"),
+        (r#"{ "t" }"#, "found a number key"),
+    ];
+    for (table, expected) in cases {
+        match enqueue(&returning(table)) {
+            Err(ScriptError::BadReturn { hook: ScriptHook::OnEnqueue, message }) => {
+                assert!(message.contains(expected), "{table}: {message}")
+            }
+            other => panic!("{table}: {other:?}"),
+        }
+    }
+    let too_many = format!("{{ throttle_keys = {{ {} }} }}", vec!["'t'"; 17].join(", "));
+    assert!(
+        matches!(enqueue(&returning(&too_many)), Err(ScriptError::BadReturn { message, .. }) if message.contains("more than 16"))
+    );
+}
+
+// ---- on_failure ----
+
+#[test]
+fn on_failure_sees_attempts_and_error() {
+    let source = r#"
+        function on_failure(msg, attempts, err)
+            if math.type(attempts) == "integer" and err == "boom" and msg.queue == "orders" then
+                return { action = "retry", delay_ms = attempts * 1000 }
+            end
+            return { action = "dlq" }
+        end
+    "#;
+    assert_eq!(failure(source).unwrap(), Some(FailureDecision::Retry { delay: Duration::from_secs(2) }));
+}
+
+#[test]
+fn on_failure_decisions() {
+    let f = |table: &str| failure(&format!("function on_failure(msg, attempts, err) return {table} end"));
+    assert_eq!(f(r#"{ action = "dlq" }"#).unwrap(), Some(FailureDecision::DeadLetter));
+    assert_eq!(
+        f(r#"{ action = "retry", delay_ms = 0 }"#).unwrap(),
+        Some(FailureDecision::Retry { delay: Duration::ZERO })
+    );
+    assert_eq!(
+        f(r#"{ action = "retry", delay_ms = 7 * 24 * 3600 * 1000 }"#).unwrap(),
+        Some(FailureDecision::Retry { delay: MAX_RETRY_DELAY })
+    );
+    assert_eq!(f("nil").unwrap(), None);
+    let bad = [
+        (r#"{ action = "later" }"#, "action must be \"retry\" or \"dlq\""),
+        ("{ action = 1 }", "action must be"),
+        (r#"{ action = "retry" }"#, "needs delay_ms"),
+        (r#"{ action = "retry", delay_ms = -1 }"#, "out of range"),
+        (r#"{ action = "retry", delay_ms = 7 * 24 * 3600 * 1000 + 1 }"#, "out of range"),
+        (r#"{ action = "retry", delay_ms = 1.5 }"#, "delay_ms must be an integer"),
+        (r#"{ action = "dlq", delay_ms = 5 }"#, "takes no delay_ms"),
+        ("{ delay_ms = 5 }", "has no action"),
+        (r#"{ action = "dlq", why = "x" }"#, "unknown field 'why'"),
+        ("true", "expected a table or nil"),
+    ];
+    for (table, expected) in bad {
+        match f(table) {
+            Err(ScriptError::BadReturn { hook: ScriptHook::OnFailure, message }) => {
+                assert!(message.contains(expected), "{table}: {message}")
+            }
+            other => panic!("{table}: {other:?}"),
+        }
+    }
+}
+
+// ---- helpers ----
+
+#[test]
+fn fila_get_reads_the_config_of_the_call() {
+    let source = r#"
+        local get = fila.get -- a kept reference works too
+        function on_enqueue(msg)
+            return { fairness_key = get("tenant") or "none", weight = tonumber(fila.get("weight") or "1") }
+        end
+    "#;
+    let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let d = scripts.on_enqueue(&msg, &config(&[("tenant", "acme"), ("weight", "4")])).unwrap();
+    assert_eq!((d.fairness_key.as_deref(), d.weight), (Some("acme"), Some(4)));
+    let d = scripts.on_enqueue(&msg, &NoConfig).unwrap();
+    assert_eq!((d.fairness_key.as_deref(), d.weight), (Some("none"), Some(1)));
+    let mut btree = std::collections::BTreeMap::new();
+    btree.insert("tenant".to_string(), "globex".to_string());
+    assert_eq!(scripts.on_enqueue(&msg, &btree).unwrap().fairness_key.as_deref(), Some("globex"));
+
+    assert!(
+        runtime_message(enqueue("function on_enqueue(msg) fila.get(5) end")).contains("fila.get expects a string key")
+    );
+}
+
+#[test]
+fn fila_json_decode() {
+    let source = r#"
+        wants_payload = true
+        function on_enqueue(msg)
+            local doc = fila.json_decode(msg.payload)
+            local arr = fila.json_decode('[1, 2.5, "x", true, null, {"a": {"b": [7]}}]')
+            assert(math.type(doc.n) == "integer" and doc.n == 1)
+            assert(arr[1] == 1 and arr[2] == 2.5 and arr[3] == "x" and arr[4] == true and arr[5] == nil)
+            assert(arr[6].a.b[1] == 7)
+            assert(fila.json_decode("null") == nil and fila.json_decode('"s"') == "s")
+            return { weight = doc.n + 1 }
+        end
+    "#;
+    assert_eq!(enqueue(source).unwrap().weight, Some(2));
+    let message = runtime_message(enqueue(r#"function on_enqueue(msg) fila.json_decode("{oops") end"#));
+    assert!(message.contains("fila.json_decode: invalid JSON") && message.contains("line 1 column 2"), "{message}");
+    let message = runtime_message(enqueue("function on_enqueue(msg) fila.json_decode({}) end"));
+    assert!(message.contains("expects a string, got table"), "{message}");
+    // Errors can be handled by the script.
+    let source = r#"function on_enqueue(msg) local ok = pcall(fila.json_decode, "[") return { fairness_key = tostring(ok) } end"#;
+    assert_eq!(enqueue(source).unwrap().fairness_key.as_deref(), Some("false"));
+}
+
+#[test]
+fn safe_clock_functions_are_available() {
+    let source =
+        r#"function on_enqueue(msg) assert(os.time() > 1600000000 and os.clock() >= 0) return { weight = 1 } end"#;
+    assert_eq!(enqueue(source).unwrap().weight, Some(1));
+}
+
+// ---- compile once ----
+
+#[test]
+fn scripts_are_loaded_once_and_reused() {
+    let source = r#"
+        loads = (loads or 0) + 1
+        local calls = 0
+        function on_enqueue(msg)
+            calls = calls + 1
+            return { weight = loads * 100 + calls }
+        end
+    "#;
+    let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let weights: Vec<_> = (0..3).map(|_| scripts.on_enqueue(&msg, &NoConfig).unwrap().weight.unwrap()).collect();
+    assert_eq!(weights, [101, 102, 103]);
+}
+
+#[test]
+fn queues_without_scripts_decide_nothing() {
+    let mut scripts = QueueScripts::compile(None, None, ScriptLimits::default()).unwrap();
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    assert_eq!(scripts.on_enqueue(&msg, &NoConfig).unwrap(), EnqueueDecision::default());
+    assert_eq!(scripts.on_failure(&msg, 3, "e", &NoConfig).unwrap(), None);
+    assert!(!scripts.has(ScriptHook::OnEnqueue) && scripts.stats(ScriptHook::OnFailure).is_none());
+}
+
+#[test]
+fn scripts_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<QueueScripts>();
+    let mut scripts = QueueScripts::compile(
+        Some("function on_enqueue(msg) return { weight = 3 } end"),
+        None,
+        ScriptLimits::default(),
+    )
+    .unwrap();
+    let weight = std::thread::spawn(move || {
+        let h = HashMap::new();
+        scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &h, payload: b"x" }, &NoConfig).unwrap().weight
+    })
+    .join()
+    .unwrap();
+    assert_eq!(weight, Some(3));
+}
+
+#[test]
+fn default_limits_are_documented_values() {
+    let limits = ScriptLimits::default();
+    assert_eq!(limits.timeout, Duration::from_millis(5));
+    assert_eq!(limits.memory_bytes, 8 * 1024 * 1024);
+    assert_eq!(limits.breaker_failures, 3);
+    assert_eq!(limits.breaker_cooldown, Duration::from_secs(10));
+}
+
+#[test]
+fn json_decode_counts_against_the_memory_limit() {
+    let limits = ScriptLimits { memory_bytes: 512 * 1024, ..ScriptLimits::default() };
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    // 64,000 bytes of JSON (checked once at the end) and 160,000 bytes
+    // (checked per allocation), each decoding to far more than 512 KiB.
+    for copies in [8_000, 20_000] {
+        let source = format!(
+            r#"local doc = "[" .. string.rep("[1,2,3],", {copies}) .. "0]"
+            function on_enqueue(msg) local t = fila.json_decode(doc) return {{ weight = #t }} end"#
+        );
+        let result = test_on_enqueue(&source, &msg, &NoConfig, limits);
+        assert!(matches!(result, Err(ScriptError::Memory { .. })), "{copies}: {result:?}");
+    }
+    // The same document fits under the default limit.
+    let source = r#"local doc = "[" .. string.rep("[1,2,3],", 8000) .. "0]"
+        function on_enqueue(msg) local t = fila.json_decode(doc) return { weight = #t } end"#;
+    assert_eq!(test_on_enqueue(source, &msg, &NoConfig, ScriptLimits::default()).unwrap().weight, Some(8001));
+}
+
+#[test]
+fn error_values_of_any_type_are_reported() {
+    for (code, expected) in [
+        (r#"error("plain")"#, "on_enqueue:1: plain"),
+        (r#"error("no position", 0)"#, "no position"),
+        ("error({ code = 7 })", "table"),
+        ("error()", "nil"),
+        ("local x = nil; return x.y", "attempt to index a nil value (local 'x')"),
+    ] {
+        let message = runtime_message(enqueue(&format!("function on_enqueue(msg) {code} end")));
+        assert!(message.contains(expected), "{code}: {message}");
+        assert!(!message.contains("stack traceback"), "{code}: {message}");
+    }
+}
+
+#[test]
+fn unbounded_recursion_is_stopped() {
+    let started = Instant::now();
+    let result = enqueue("function on_enqueue(msg) local function f() return 1 + f() end return f() end");
+    // Whichever limit it reaches first (time, memory or Lua's stack size).
+    assert!(
+        matches!(
+            &result,
+            Err(ScriptError::Timeout { .. } | ScriptError::Memory { .. } | ScriptError::Runtime { .. })
+        ),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+}
