@@ -197,7 +197,8 @@ async fn scripts_can_be_tried_against_a_sample_without_a_queue() {
     assert_eq!(decision.weight, Some(5));
     assert_eq!(decision.throttle_keys, ["provider:adyen"]);
 
-    let memory_bomb = "function on_enqueue(msg) local t = {} while true do t[#t+1] = string.rep('x', 100000) .. #t end end";
+    let memory_bomb =
+        "function on_enqueue(msg) local t = {} while true do t[#t+1] = string.rep('x', 100000) .. #t end end";
     let Outcome::Error(error) =
         test(&client, ScriptTest { on_enqueue: Some(memory_bomb.into()), ..Default::default() }).await
     else {

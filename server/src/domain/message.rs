@@ -168,6 +168,13 @@ pub fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// When something `delay` from now is due, in Unix milliseconds rounded up,
+/// so it never comes due early.
+pub fn due_unix_millis(delay: std::time::Duration) -> u64 {
+    let due = SystemTime::now() + delay;
+    due.duration_since(UNIX_EPOCH).map(|d| d.as_micros().div_ceil(1000) as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

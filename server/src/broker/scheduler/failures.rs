@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{Round, Scheduler};
 use crate::broker::failure_policy::{backoff, default_action, FailureAction};
 use crate::broker::leases::Lease;
-use crate::domain::message::{unix_millis, MessageRecord};
+use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
 use crate::domain::{BrokerError, Lane, MessageId, QueueId, QueueName, StorageError, ThrottleSet};
 use crate::storage::{Change, DueMessage, Store};
 
@@ -51,7 +51,7 @@ impl<S: Store> Scheduler<S> {
         match (action, dead_letter_queue) {
             (FailureAction::DeadLetter, Some(dlq)) => self.dead_letter(dlq, id, record, round),
             (FailureAction::Retry { delay }, _) if !delay.is_zero() => {
-                let due_ms = unix_millis(SystemTime::now() + delay);
+                let due_ms = due_unix_millis(delay);
                 self.put_delayed(queue_id, lease.lane, id, record.weight, due_ms, record.encode_bytes(), round);
             }
             _ => self.put_ready(queue_id, &lease.lane, id, record.weight, record.encode_bytes(), round),

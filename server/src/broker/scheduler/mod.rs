@@ -25,7 +25,7 @@ use super::{
     ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
     SettingsUpdate, ThrottleInfo, ThrottlePage,
 };
-use crate::domain::message::unix_millis;
+use crate::domain::message::{due_unix_millis, unix_millis};
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, ScriptSources,
     StorageError, ThrottleLimit,
@@ -561,7 +561,7 @@ impl<S: Store> Scheduler<S> {
         let queue_id = self.queue_id(&message.queue)?;
         let message = self.apply_on_enqueue(queue_id, message);
         if !message.delay.is_zero() {
-            let due_ms = unix_millis(SystemTime::now() + message.delay);
+            let due_ms = due_unix_millis(message.delay);
             self.put_delayed(queue_id, message.lane, message.id, message.weight, due_ms, message.record, round);
             round.changes.needs_sync = true;
             return Ok(message.id);
