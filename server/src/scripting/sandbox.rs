@@ -199,7 +199,9 @@ impl Vm {
         vm.run(&super::NoConfig, |_, _| Ok(()), |()| chunk.call::<()>(()), Ok).map_err(|e| {
             let message = match e {
                 ScriptError::Runtime { message, .. } => message,
-                ScriptError::Timeout { limit, .. } => format!("its top-level code ran longer than the limit of {limit:?}"),
+                ScriptError::Timeout { limit, .. } => {
+                    format!("its top-level code ran longer than the limit of {limit:?}")
+                }
                 ScriptError::Memory { limit, .. } => {
                     format!("its top-level code needed more than the memory limit of {limit} bytes")
                 }

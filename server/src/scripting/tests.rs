@@ -604,10 +604,7 @@ fn unbounded_recursion_is_stopped() {
     let result = enqueue("function on_enqueue(msg) local function f() return 1 + f() end return f() end");
     // Whichever limit it reaches first (time, memory or Lua's stack size).
     assert!(
-        matches!(
-            &result,
-            Err(ScriptError::Timeout { .. } | ScriptError::Memory { .. } | ScriptError::Runtime { .. })
-        ),
+        matches!(&result, Err(ScriptError::Timeout { .. } | ScriptError::Memory { .. } | ScriptError::Runtime { .. })),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
