@@ -215,3 +215,19 @@ async fn scripts_can_be_tried_against_a_sample_without_a_queue() {
     assert_eq!(decision.action, "default");
     assert!(client.list_queues().await.unwrap().is_empty(), "trying a script creates nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_queue_s_script_cannot_touch_another_s() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let writer = r#"function on_enqueue(msg) shared = "leaked"; string.upper = nil; return {} end"#;
+    let reader = r#"function on_enqueue(msg)
+  return { fairness_key = (shared or "clean") .. "-" .. string.upper("ok") }
+end"#;
+    client.create_queue_with_scripts("a", QueueOptions::default(), on_enqueue(writer)).await.unwrap();
+    client.create_queue_with_scripts("b", QueueOptions::default(), on_enqueue(reader)).await.unwrap();
+    client.enqueue(NewMessage::new("a", "x")).await.unwrap();
+    client.enqueue(NewMessage::new("b", "x")).await.unwrap();
+    let mut stream = client.lease("b", LeaseOptions::default()).await.unwrap();
+    assert_eq!(next_delivery(&mut stream, WAIT).await.fairness_key, "clean-OK");
+}
