@@ -331,6 +331,12 @@ impl Client {
         Ok(self.admin.clone().redrive(request).await?.into_inner().moved)
     }
 
+    /// Deletes every ready and delayed message of a queue (leased ones stay
+    /// until acked or expired); returns how many went.
+    pub async fn purge(&self, queue: &str) -> Result<u64, Error> {
+        Ok(self.admin.clone().purge(pb::PurgeRequest { queue: queue.to_owned() }).await?.into_inner().purged)
+    }
+
     /// Sets a runtime configuration value (read by scripts with `fila.get`).
     pub async fn set_config(&self, key: &str, value: &str) -> Result<(), Error> {
         let request = pb::SetConfigRequest { key: key.to_owned(), value: value.to_owned() };

@@ -9,51 +9,12 @@
 //! messages per second for both phases. The server is the `fila-server`
 //! binary of this build, on loopback, with a fresh data directory.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fila_sdk::{Client, LeaseOptions, NewMessage, QueueOptions};
 use futures::StreamExt;
-
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_fila-server"))
-            .args(["--listen", &addr, "--data-dir", dir.path().to_str().unwrap(), "--log", "warn"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Owned by `Server` at once, so its Drop reaps the process on every path.
-        let server = Server { child, addr, _dir: dir };
-        for _ in 0..500 {
-            if let Ok(client) = Client::connect(server.addr.clone()).await {
-                if client.list_queues().await.is_ok() {
-                    return server;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("fila-server did not start");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn produce(addr: String, queue: String, keys: usize, from: usize, to: usize) {
     let client = Client::connect(addr).await.unwrap();
@@ -99,7 +60,8 @@ async fn consume(addr: String, queue: String, received: Arc<AtomicUsize>, total:
 async fn main() {
     // `cargo bench` passes --bench; any other argument filters nothing here.
     let messages: usize = std::env::var("FILA_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let server = Server::start().await;
+    // The `fila-server` binary of this build, on loopback, fresh data dir.
+    let server = fila_testkit::TestServer::start().await;
     let admin = Client::connect(server.addr.clone()).await.unwrap();
     println!("| fairness keys | messages | enqueue msg/s | lease+ack msg/s |");
     println!("| ---: | ---: | ---: | ---: |");

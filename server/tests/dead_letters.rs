@@ -194,3 +194,26 @@ async fn a_crash_during_redrive_neither_loses_nor_duplicates_a_message() {
     }
     assert_eq!(seen.len(), N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_ready_and_delayed_messages_but_not_leased_ones() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("q", QueueOptions::default()).await.unwrap();
+    let batch = (0..20).map(|i| NewMessage::new("q", format!("{i}")).fairness_key(format!("k{}", i % 3))).collect();
+    client.enqueue_batch(batch).await.unwrap();
+    client.enqueue(NewMessage::new("q", "later").delay(Duration::from_secs(60))).await.unwrap();
+    let mut stream = client.lease("q", window(1)).await.unwrap();
+    let leased = next_delivery(&mut stream, WAIT).await;
+
+    assert_eq!(client.purge("q").await.unwrap(), 20, "19 ready and 1 delayed");
+    let q = info(&client, "q").await;
+    assert_eq!((q.depth, q.in_flight, q.delayed), (1, 1, 0));
+    client.ack(&leased.lease_token).await.unwrap();
+    assert_no_delivery(&mut stream, Duration::from_millis(200)).await;
+    server.restart().await;
+    let client = server.client().await;
+    assert_eq!(info(&client, "q").await.depth, 0, "the purge is durable");
+    let err = client.purge("nope").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+}

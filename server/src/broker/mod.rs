@@ -596,22 +596,38 @@ impl Broker {
     }
 
     /// Moves up to `max_messages` (0 = all) ready dead letters of `queue`
-    /// back to it; returns how many moved. Works in chunks, each committed
-    /// atomically, so other work keeps flowing during a large redrive.
+    /// back to it; returns how many moved.
     pub async fn redrive(&self, queue: &str, max_messages: u64) -> Result<u64, BrokerError> {
-        const CHUNK: u64 = 10_000;
         let queue = QueueName::parse(queue)?;
-        let mut moved = 0;
+        self.in_chunks(max_messages, |limit, reply| Command::Redrive { queue: queue.clone(), limit, reply }).await
+    }
+
+    /// Deletes the ready and delayed messages of a queue (leased ones stay
+    /// until acked or expired); returns how many went.
+    pub async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let queue = QueueName::parse(queue)?;
+        self.in_chunks(0, |limit, reply| Command::Purge { queue: queue.clone(), limit, reply }).await
+    }
+
+    /// Runs a bulk command in chunks of 10,000 messages, each committed
+    /// atomically in its own round so other work keeps flowing, until
+    /// `max` (0 = no limit) or nothing is left.
+    async fn in_chunks(
+        &self,
+        max: u64,
+        command: impl Fn(usize, oneshot::Sender<Result<u64, BrokerError>>) -> Command,
+    ) -> Result<u64, BrokerError> {
+        const CHUNK: u64 = 10_000;
+        let mut total = 0;
         loop {
-            let want = if max_messages == 0 { CHUNK } else { (max_messages - moved).min(CHUNK) };
+            let want = if max == 0 { CHUNK } else { (max - total).min(CHUNK) };
             if want == 0 {
-                return Ok(moved);
+                return Ok(total);
             }
-            let queue = queue.clone();
-            let done = self.ask(|reply| Command::Redrive { queue, limit: want as usize, reply }).await??;
-            moved += done;
+            let done = self.ask(|reply| command(want as usize, reply)).await??;
+            total += done;
             if done < want {
-                return Ok(moved);
+                return Ok(total);
             }
         }
     }

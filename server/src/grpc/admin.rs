@@ -227,4 +227,9 @@ impl FilaAdmin for AdminApi {
         let outcome = self.broker.test_script(test).await.map_err(to_status)?;
         Ok(Response::new(pb::TestScriptResponse { outcome: Some(convert::script_test_outcome(outcome)) }))
     }
+
+    async fn purge(&self, request: Request<pb::PurgeRequest>) -> Result<Response<pb::PurgeResponse>, Status> {
+        let purged = self.broker.purge(&request.into_inner().queue).await.map_err(to_status)?;
+        Ok(Response::new(pb::PurgeResponse { purged }))
+    }
 }

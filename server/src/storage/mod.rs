@@ -81,6 +81,12 @@ pub enum Change {
         id: MessageId,
         due_ms: u64,
     },
+    /// Deletes a delayed message for good: its entry and its index entry.
+    DiscardDelayed {
+        queue: QueueId,
+        id: MessageId,
+        due_ms: u64,
+    },
     DeleteConfig {
         key: String,
     },
@@ -174,6 +180,14 @@ pub trait Store: Send + 'static {
     fn read_due(&self, now_ms: u64, limit: usize, out: &mut Vec<DueMessage>) -> Result<Option<u64>, StorageError>;
     /// Whether a message with this id is stored in the queue.
     fn contains_message(&self, queue: QueueId, id: MessageId) -> Result<bool, StorageError>;
+    /// Appends to `out` up to `limit` delayed messages of a queue (id and
+    /// due time), in id order.
+    fn delayed_of_queue(
+        &self,
+        queue: QueueId,
+        limit: usize,
+        out: &mut Vec<(MessageId, u64)>,
+    ) -> Result<(), StorageError>;
     /// Where a message of the queue is stored, if it is.
     fn locate(&self, queue: QueueId, id: MessageId) -> Result<Option<keys::IndexEntry>, StorageError>;
     /// Counts the messages of a lane with a sequence in `(after_seq,

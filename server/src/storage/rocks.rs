@@ -278,6 +278,10 @@ impl Store for RocksStore {
                 Change::DeleteDelayed { queue, id, due_ms } => {
                     batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id))
                 }
+                Change::DiscardDelayed { queue, id, due_ms } => {
+                    batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id));
+                    batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
+                }
             }
         }
         let mut opts = WriteOptions::default();
@@ -334,6 +338,30 @@ impl Store for RocksStore {
 
     fn contains_message(&self, queue: QueueId, id: MessageId) -> Result<bool, StorageError> {
         Ok(self.db.get_pinned_cf(self.cf(CF_INDEX), keys::index_key(queue, id)).map_err(io)?.is_some())
+    }
+
+    fn delayed_of_queue(
+        &self,
+        queue: QueueId,
+        limit: usize,
+        out: &mut Vec<(MessageId, u64)>,
+    ) -> Result<(), StorageError> {
+        let (start, end) = keys::queue_range(queue);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(start.to_vec());
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_INDEX), opts);
+        iter.seek_to_first();
+        while out.len() < limit {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+            let corrupt = || StorageError::Corrupt(format!("message index entry {key:?}"));
+            let (_, id) = keys::parse_index_key(key).ok_or_else(corrupt)?;
+            if let Some(due_ms) = keys::parse_index_value(value).ok_or_else(corrupt)?.due_ms {
+                out.push((id, due_ms));
+            }
+            iter.next();
+        }
+        iter.status().map_err(io)
     }
 
     fn locate(&self, queue: QueueId, id: MessageId) -> Result<Option<keys::IndexEntry>, StorageError> {

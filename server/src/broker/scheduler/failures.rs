@@ -11,7 +11,7 @@ use crate::broker::failure_policy::{backoff, default_action, FailureAction};
 use crate::broker::leases::Lease;
 use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
 use crate::domain::{BrokerError, Lane, MessageId, QueueId, QueueName, StorageError, ThrottleSet};
-use crate::storage::{Change, DueMessage, Store};
+use crate::storage::{Change, DueMessage, Store, StoredMessage};
 
 /// Most delayed messages made ready in one round, so a burst of due
 /// messages cannot stall everything else.
@@ -137,35 +137,32 @@ impl<S: Store> Scheduler<S> {
 }
 
 impl<S: Store> Scheduler<S> {
-    /// Moves up to `limit` ready messages from `source`'s dead-letter queue
-    /// back to `source`, with their attempt counts reset. Each move (delete
-    /// there, put here) is in this round's atomic batch.
-    pub(super) fn redrive(&mut self, source: &QueueName, limit: usize, round: &mut Round) -> Result<u64, BrokerError> {
-        let source_id = self.queue_id(source)?;
-        let dlq_name = source.dead_letter();
-        let dlq_id = self.queue_id(&dlq_name)?;
-        let mut moved: Vec<(Lane, MessageId, MessageRecord)> = Vec::new();
+    /// Takes up to `limit` ready messages out of a queue's lanes, oldest
+    /// first per key, and deletes them in this round's batch. Read-ahead
+    /// buffers are dropped first, so none holds a message that is gone.
+    fn take_ready(
+        &mut self,
+        queue_id: QueueId,
+        limit: usize,
+        round: &mut Round,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let mut taken: Vec<StoredMessage> = Vec::new();
         let Scheduler { queues, store, buffered_bytes, .. } = self;
-        let dlq = queues.get_mut(&dlq_id).expect("named queues exist");
-        let keys: Vec<Arc<str>> = dlq.keys.keys().cloned().collect();
+        let queue = queues.get_mut(&queue_id).expect("caller checked the queue");
+        let keys: Vec<Arc<str>> = queue.keys.keys().cloned().collect();
         'keys: for key in keys {
-            let state = dlq.keys.get_mut(&key).expect("listed above");
+            let state = queue.keys.get_mut(&key).expect("listed above");
             for lane in state.lanes.iter_mut().filter(|l| l.pending > 0) {
-                // Read from storage rather than the read-ahead buffer, so the
-                // buffer never holds a message that moved.
                 if let Some(front) = lane.buffer.front() {
                     lane.cursor = front.seq - 1;
                 }
                 *buffered_bytes -= lane.buffer.drain(..).map(|m| m.record.len()).sum::<usize>();
                 let mut read = Vec::new();
-                let want = (lane.pending as usize).min(limit - moved.len());
-                store.read_ready(dlq_id, &lane.lane, lane.cursor, want, &mut read)?;
+                let want = (lane.pending as usize).min(limit - taken.len());
+                store.read_ready(queue_id, &lane.lane, lane.cursor, want, &mut read)?;
                 for message in read {
-                    let mut record = MessageRecord::decode_bytes(message.record)
-                        .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", message.id)))?;
-                    record.failures = 0;
                     round.changes.push(Change::DeleteMessage {
-                        queue: dlq_id,
+                        queue: queue_id,
                         lane: lane.lane.clone(),
                         seq: message.seq,
                         id: message.id,
@@ -173,20 +170,63 @@ impl<S: Store> Scheduler<S> {
                     lane.cursor = message.seq;
                     lane.pending -= 1;
                     state.pending -= 1;
-                    dlq.pending -= 1;
-                    let origin =
-                        Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
-                    moved.push((origin, message.id, record));
+                    queue.pending -= 1;
+                    taken.push(message);
                 }
-                if moved.len() >= limit {
-                    break 'keys;
+                if taken.len() >= limit {
+                    break;
                 }
             }
+            // Keep "in the rotation ⇔ ready and not parked": a key emptied
+            // here leaves the rotation (O(keys), fine for a bulk admin call).
+            if state.pending == 0 {
+                state.lanes.retain(|l| l.leased > 0);
+                state.credit.deficit = 0;
+                if state.parked.take().is_none() {
+                    queue.drr.remove(&key);
+                }
+                queue.forget_if_idle(&key);
+            }
+            if taken.len() >= limit {
+                break 'keys;
+            }
         }
-        let count = moved.len() as u64;
-        for (lane, id, record) in moved {
-            self.put_ready(source_id, &lane, id, record.weight, record.encode_bytes(), round);
+        Ok(taken)
+    }
+
+    /// Moves up to `limit` ready messages from `source`'s dead-letter queue
+    /// back to `source`, with their attempt counts reset. Each move (delete
+    /// there, put here) is in this round's atomic batch.
+    pub(super) fn redrive(&mut self, source: &QueueName, limit: usize, round: &mut Round) -> Result<u64, BrokerError> {
+        let source_id = self.queue_id(source)?;
+        let dlq_id = self.queue_id(&source.dead_letter())?;
+        let taken = self.take_ready(dlq_id, limit, round)?;
+        let count = taken.len() as u64;
+        for message in taken {
+            let mut record = MessageRecord::decode_bytes(message.record)
+                .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", message.id)))?;
+            record.failures = 0;
+            let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
+            self.put_ready(source_id, &lane, message.id, record.weight, record.encode_bytes(), round);
         }
         Ok(count)
+    }
+
+    /// Deletes up to `limit` ready and delayed messages of a queue (leased
+    /// ones stay until acked or expired); returns how many went.
+    pub(super) fn purge(&mut self, name: &QueueName, limit: usize, round: &mut Round) -> Result<u64, BrokerError> {
+        let queue_id = self.queue_id(name)?;
+        let mut purged = self.take_ready(queue_id, limit, round)?.len();
+        if purged < limit {
+            let mut delayed = Vec::new();
+            self.store.delayed_of_queue(queue_id, limit - purged, &mut delayed)?;
+            let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
+            for (id, due_ms) in delayed {
+                round.changes.push(Change::DiscardDelayed { queue: queue_id, id, due_ms });
+                queue.delayed -= 1;
+                purged += 1;
+            }
+        }
+        Ok(purged as u64)
     }
 }

@@ -165,6 +165,11 @@ pub enum Command {
         subject: ExplainSubject,
         reply: Reply<Result<Explanation, BrokerError>>,
     },
+    Purge {
+        queue: QueueName,
+        limit: usize,
+        reply: Reply<Result<u64, BrokerError>>,
+    },
     Redrive {
         queue: QueueName,
         limit: usize,
@@ -532,6 +537,10 @@ impl<S: Store> Scheduler<S> {
             }
             Command::Explain { queue, subject, reply } => {
                 let result = self.explain(&queue, &subject, now, wall);
+                round.answer(reply, result);
+            }
+            Command::Purge { queue, limit, reply } => {
+                let result = self.purge(&queue, limit, round);
                 round.answer(reply, result);
             }
             Command::Redrive { queue, limit, reply } => {
