@@ -8,7 +8,7 @@ use fila_sdk::Client;
 
 use crate::failure::Failure;
 use crate::output::Format;
-use crate::{enqueue, lease, queue};
+use crate::{config, enqueue, explain, lease, lua, peek, queue, redrive, stats, throttle, weight};
 
 /// The broker's default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
@@ -21,6 +21,8 @@ Examples:
   fila queue create orders --visibility-timeout 30s
   echo '{\"id\": 1}' | fila enqueue orders --fairness-key tenant-a
   fila lease orders --ack --limit 10
+  fila stats orders --watch
+  fila explain orders --key tenant-a
   fila --addr broker.internal:5555 queue list --output json
 
 Exit status: 0 success, 1 refused by the broker, 2 usage error, 3 broker unreachable.";
@@ -55,6 +57,22 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Lease messages from a queue and print them as they arrive.
     Lease(lease::LeaseArgs),
+    /// Browse ready messages without leasing them.
+    Peek(peek::PeekArgs),
+    /// Show a queue's counters, busiest fairness keys and throttles (optionally live).
+    Stats(stats::StatsArgs),
+    /// Say why a fairness key or a message is not being delivered.
+    Explain(explain::ExplainArgs),
+    /// Move dead-lettered messages back to their queue.
+    Redrive(redrive::RedriveArgs),
+    /// Set, list and remove throttle limits.
+    Throttle(throttle::ThrottleArgs),
+    /// Override fairness-key weights.
+    Weight(weight::WeightArgs),
+    /// Set, read, list and delete runtime configuration (read by scripts).
+    Config(config::ConfigArgs),
+    /// Try Lua policy scripts.
+    Lua(lua::LuaArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {

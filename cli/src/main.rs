@@ -2,11 +2,19 @@
 //! docs/cli.md.
 
 mod cli;
+mod config;
 mod enqueue;
+mod explain;
 mod failure;
 mod lease;
+mod lua;
 mod output;
+mod peek;
 mod queue;
+mod redrive;
+mod stats;
+mod throttle;
+mod weight;
 
 use std::process::ExitCode;
 
@@ -46,6 +54,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Queue(args) => queue::run(&ctx, args).await,
         Command::Enqueue(args) => enqueue::run(&ctx, args).await,
         Command::Lease(args) => lease::run(&ctx, args).await,
+        Command::Peek(args) => peek::run(&ctx, args).await,
+        Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Explain(args) => explain::run(&ctx, args).await,
+        Command::Redrive(args) => redrive::run(&ctx, args).await,
+        Command::Throttle(args) => throttle::run(&ctx, args).await,
+        Command::Weight(args) => weight::run(&ctx, args).await,
+        Command::Config(args) => config::run(&ctx, args).await,
+        Command::Lua(args) => lua::run(&ctx, args).await,
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "fila", &mut out);

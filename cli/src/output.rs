@@ -144,6 +144,28 @@ pub fn preview(payload: &[u8], max_chars: usize) -> String {
     out
 }
 
+/// A number with at most two decimals and no trailing zeros: `10`, `0.5`, `2.33`.
+pub fn number(value: f64) -> String {
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// A rate per second: `100/s`, `0.5/s`.
+pub fn rate(per_second: f64) -> String {
+    format!("{}/s", number(per_second))
+}
+
+/// How long ago `t` was, to the second (`0s` for the future): `1m 5s`.
+pub fn age(t: SystemTime, now: SystemTime) -> String {
+    let elapsed = now.duration_since(t).unwrap_or_default();
+    duration(Duration::from_secs(elapsed.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +196,18 @@ mod tests {
         assert_eq!(size(3 * 1024 * 1024), "3 MiB");
         assert_eq!(duration(Duration::from_secs(30)), "30s");
         assert_eq!(duration(Duration::from_millis(90_500)), "1m 30s 500ms");
+    }
+
+    #[test]
+    fn numbers_rates_and_ages_read_well() {
+        assert_eq!(number(10.0), "10");
+        assert_eq!(number(0.5), "0.5");
+        assert_eq!(number(2.333), "2.33");
+        assert_eq!(number(-0.001), "0");
+        assert_eq!(rate(100.0), "100/s");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(age(now - Duration::from_millis(65_400), now), "1m 5s");
+        assert_eq!(age(now + Duration::from_secs(3), now), "0s");
     }
 
     #[test]
