@@ -143,7 +143,7 @@ impl From<pb::ThrottleInfo> for ThrottleInfo {
 }
 
 /// Scheduling state of one fairness key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyStats {
     pub fairness_key: String,
     pub pending: u64,
@@ -152,10 +152,12 @@ pub struct KeyStats {
     pub weight_overridden: bool,
     pub deficit: u64,
     pub throttled: bool,
+    /// Recent deliveries per second (decaying average, ~10 s).
+    pub delivery_rate: f64,
 }
 
 /// A queue's counters and its busiest fairness keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     pub queue: QueueInfo,
     pub active_keys: u64,
@@ -180,6 +182,7 @@ impl From<pb::GetQueueStatsResponse> for QueueStats {
                     weight_overridden: k.weight_overridden,
                     deficit: k.deficit,
                     throttled: k.throttled,
+                    delivery_rate: k.delivery_rate,
                 })
                 .collect(),
         }

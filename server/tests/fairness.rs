@@ -132,6 +132,11 @@ async fn a_runtime_weight_override_changes_the_share_and_survives_a_restart() {
     let weights: HashMap<String, u32> = [("a".to_string(), 1), ("b".to_string(), 3)].into();
     assert_shares(&keys, &weights, 400, 0.02, 0.005);
 
+    // The recent delivery rate reflects the 1:3 split.
+    let stats = client.queue_stats("q", None).await.unwrap();
+    let rate = |key: &str| stats.keys.iter().find(|k| k.fairness_key == key).unwrap().delivery_rate;
+    assert!(rate("a") > 0.0 && (2.5..3.5).contains(&(rate("b") / rate("a"))), "{} vs {}", rate("a"), rate("b"));
+
     // Removing the override restores message weights (none were sent: 1).
     client.set_fairness_weight("q", "b", None).await.unwrap();
     let stats = client.queue_stats("q", None).await.unwrap();

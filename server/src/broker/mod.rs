@@ -12,6 +12,7 @@ pub mod drr;
 mod failure_policy;
 mod leases;
 mod queue_state;
+mod rate;
 mod scheduler;
 pub mod throttle;
 
@@ -69,7 +70,7 @@ pub struct QueueInfo {
 }
 
 /// Scheduling state of one active fairness key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyStats {
     pub fairness_key: String,
     /// Ready messages.
@@ -84,10 +85,12 @@ pub struct KeyStats {
     pub deficit: u64,
     /// Whether every ready message of the key waits for a throttle.
     pub throttled: bool,
+    /// Recent deliveries per second (decaying average over about 10 s).
+    pub delivery_rate: f64,
 }
 
 /// A queue's counters and its busiest fairness keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
     pub info: QueueInfo,
     /// Fairness keys with ready messages.

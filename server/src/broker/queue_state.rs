@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
+use super::rate::DecayingRate;
 use crate::domain::{Lane, ThrottleSet};
 use crate::scripting::QueueScripts;
 use crate::storage::{QueueDef, StoredMessage};
@@ -37,6 +38,7 @@ pub struct KeyState {
     /// Weight of the newest message that set one; 1 until one does.
     pub message_weight: u32,
     pub credit: Credit,
+    pub delivery_rate: DecayingRate,
     /// While every ready message of the key waits for a throttle, the key is
     /// out of the rotation and parked under this ticket until a refill.
     pub parked: Option<u64>,
@@ -51,6 +53,7 @@ impl Default for KeyState {
             leased: 0,
             message_weight: 1,
             credit: Credit::default(),
+            delivery_rate: DecayingRate::default(),
             parked: None,
             lanes: Vec::new(),
         }

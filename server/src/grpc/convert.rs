@@ -132,6 +132,7 @@ pub fn queue_stats(s: QueueStats) -> pb::GetQueueStatsResponse {
                 weight_overridden: k.weight_overridden,
                 deficit: k.deficit,
                 throttled: k.throttled,
+                delivery_rate: k.delivery_rate,
             })
             .collect(),
     }

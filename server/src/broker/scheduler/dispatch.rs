@@ -63,6 +63,7 @@ impl<S: Store> Scheduler<S> {
             let lane_id = lane.lane.clone();
             key_state.pending -= 1;
             key_state.leased += 1;
+            key_state.delivery_rate.record(now);
             queue.pending -= 1;
             queue.in_flight += 1;
             queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);

@@ -102,7 +102,12 @@ impl<S: Store> Scheduler<S> {
         Ok(())
     }
 
-    pub(super) fn queue_stats(&self, queue: &QueueName, max_keys: usize) -> Result<QueueStats, BrokerError> {
+    pub(super) fn queue_stats(
+        &self,
+        queue: &QueueName,
+        max_keys: usize,
+        now: Instant,
+    ) -> Result<QueueStats, BrokerError> {
         let queue = &self.queues[&self.queue_id(queue)?];
         let mut keys: Vec<KeyStats> = queue
             .keys
@@ -115,6 +120,7 @@ impl<S: Store> Scheduler<S> {
                 weight_overridden: queue.weight_overrides.contains_key(key),
                 deficit: state.credit.deficit,
                 throttled: state.parked.is_some(),
+                delivery_rate: state.delivery_rate.per_second(now),
             })
             .collect();
         let active_keys = keys.iter().filter(|k| k.pending > 0).count() as u64;

@@ -504,7 +504,7 @@ impl<S: Store> Scheduler<S> {
                 round.answer(reply, result);
             }
             Command::QueueStats { queue, max_keys, reply } => {
-                let result = self.queue_stats(&queue, max_keys);
+                let result = self.queue_stats(&queue, max_keys, now);
                 round.answer(reply, result);
             }
             Command::SetConfig { key, value, reply } => {
