@@ -58,9 +58,21 @@ async fn usage_errors_exit_2_before_contacting_the_broker() {
 async fn an_unreachable_broker_exits_3() {
     let addr = dead_addr();
     let fila = Fila::at(addr.clone());
-    for args in
-        [&["queue", "list"][..], &["queue", "create", "q"], &["enqueue", "q", "x"], &["lease", "q", "--limit", "1"]]
-    {
+    for args in [
+        &["queue", "list"][..],
+        &["queue", "create", "q"],
+        &["queue", "update", "q", "--quantum", "2"],
+        &["enqueue", "q", "x"],
+        &["lease", "q", "--limit", "1"],
+        &["config", "list"],
+        &["throttle", "set", "k", "--rate", "1"],
+        &["weight", "clear", "q", "k"],
+        &["redrive", "q"],
+        &["peek", "q"],
+        &["explain", "q", "--key", "k"],
+        &["stats", "q"],
+        &["stats", "q", "--watch"],
+    ] {
         let run = fila.run(args);
         assert_eq!(run.failed(3), format!("cannot reach the broker at {addr} (is fila-server running?)"));
     }

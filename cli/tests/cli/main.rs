@@ -2,11 +2,15 @@
 //! (started by `fila_testkit::TestServer`; build it first with
 //! `cargo build -p fila-server` when testing this crate alone).
 
+mod admin;
 mod enqueue;
 mod failures;
+mod fairness;
 mod help;
 mod lease;
+mod observe;
 mod queue;
+mod scripts;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
