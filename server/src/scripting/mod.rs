@@ -70,6 +70,7 @@
 mod breaker;
 mod convert;
 mod json;
+mod patterns;
 mod sandbox;
 #[cfg(test)]
 mod tests;

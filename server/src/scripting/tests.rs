@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::sandbox::GLOBALS;
+use super::sandbox::{self, GLOBALS};
 use super::*;
 
 fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -608,4 +608,247 @@ fn unbounded_recursion_is_stopped() {
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+}
+
+// ---- library functions that loop in C ----
+
+/// Evaluates each expression in a stock Lua VM and in a script VM, and
+/// compares what they return or the error they raise.
+fn assert_same_as_stock_lua(cases: &[&str]) {
+    const SERIALIZE: &str = r#"
+        local function ser(v, depth)
+            if type(v) == "table" then
+                if depth > 3 then return "{...}" end
+                local keys = {}
+                for k in pairs(v) do keys[#keys + 1] = k end
+                table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+                local parts = {}
+                for _, k in ipairs(keys) do parts[#parts + 1] = tostring(k) .. "=" .. ser(v[k], depth + 1) end
+                return "{" .. table.concat(parts, ",") .. "}"
+            end
+            return type(v) .. ":" .. tostring(v) .. ":" .. (math.type(v) or "")
+        end
+        return function(f)
+            local results = table.pack(pcall(f))
+            if not results[1] then
+                -- Drop the position prefix; the message itself must match.
+                return "error: " .. tostring(results[2]):gsub("^[^:]*:%d+: ", "")
+            end
+            local parts = {}
+            for i = 2, results.n do parts[#parts + 1] = ser(results[i], 0) end
+            return table.concat(parts, " | ")
+        end
+    "#;
+    let stock = mlua::Lua::new();
+    let vm = sandbox::Vm::load(ScriptHook::OnEnqueue, "function on_enqueue() end", &ScriptLimits::default()).unwrap();
+    let run = |lua: &mlua::Lua, case: &str| -> String {
+        let wrap: mlua::Function = lua.load(SERIALIZE).set_name("=ser").eval().unwrap();
+        let f: mlua::Function = lua.load(format!("return function() {case} end")).set_name("=t").eval().unwrap();
+        wrap.call::<String>(f).unwrap()
+    };
+    // The script VM's functions are the budgeted ones, not Lua's own.
+    let string: mlua::Table = vm.lua().globals().get("string").unwrap();
+    let table: mlua::Table = vm.lua().globals().get("table").unwrap();
+    for f in [string.get::<mlua::Function>("find").unwrap(), table.get::<mlua::Function>("move").unwrap()] {
+        assert_eq!(f.info().what, "Lua");
+    }
+    for case in cases {
+        let expected = run(&stock, case);
+        let got = run(vm.lua(), case);
+        assert_eq!(got, expected, "{case}");
+    }
+}
+
+#[test]
+fn pattern_functions_behave_like_lua() {
+    let mut cases = Vec::new();
+    let finds: &[&str] = &[
+        r#""hello world", "o w""#,
+        r#""hello world", "o", 6"#,
+        r#""hello", "l+""#,
+        r#""hello", "^h""#,
+        r#""hello", "^e""#,
+        r#""hello", "o$""#,
+        r#""hello", "l$""#,
+        r#""a$b", "$b""#,
+        r#""hello", "l*""#,
+        r#""hello", "x*""#,
+        r#""hello", ".-l""#,
+        r#""hello", "(h)(e)""#,
+        r#""hello", "()ll()""#,
+        r#""key=value", "(%w+)=(%w+)""#,
+        r#""  trim me  ", "^%s*(.-)%s*$""#,
+        r#""THE (quick) fox", "%((%a+)%)""#,
+        r#""f(a(b)c)d", "%b()""#,
+        r#""f(a(b c)d", "%b()""#,
+        r#""THE (quick) fox", "%f[%a]%a+""#,
+        r#""hello", "%f[%l]""#,
+        r#""hello hello", "(l+)o %a*%1""#,
+        r#""abab", "(ab)%1""#,
+        r#""abc", "[a-b]+""#,
+        r#""abc", "[^a]+""#,
+        r#""a]b", "[]]""#,
+        r#""a-b", "[a%-]+""#,
+        r#""x^y", "[%^x]+""#,
+        r#""a-z", "[%a-]+""#,
+        r#""a-z", "[a-]+""#,
+        r#""2024-01-02", "(%d+)-(%d+)-(%d+)""#,
+        r#""a.b", "%.""#,
+        r#""a+b", "a+b", 1, true"#,
+        r#""a+b", "+", 1, true"#,
+        r#""a+b", "+", 1, 1"#,
+        r#""abc", "", 10"#,
+        r#""abc", "", 4"#,
+        r#""abc", "", -1"#,
+        r#""abc", "b", -10"#,
+        r#""abc", "c", 0"#,
+        r#""abc", "c", 2.0"#,
+        r#""abc", "c", "2""#,
+        r#""", """#,
+        r#""aaa", "a?a?a?aaa""#,
+        r#""ab", "a?b?c?""#,
+        r#""HeLLo", "%u+""#,
+        r#""HeLLo", "%U+""#,
+        r#""tab	here", "%s""#,
+        "\"x\\vy\", \"%s\"",
+        r#""a.b,c", "%p+""#,
+        r#""a1 b2", "%w%d""#,
+        r#""ff0A", "%x+""#,
+        r#""\1\2x", "%c+""#,
+        r#""x1", "%D""#,
+        r#""zebra", "%z""#,
+        r#""a\0b", "%z""#,
+        r#""a\0b", "\0b""#,
+        r#""a\0b", "[\0]""#,
+        r#"12345, "%d%d""#,
+        r#""a1", 1"#,
+        r#""caf\xc3\xa9 ok", "[\x80-\xff]+""#,
+        r#""aaa", "a-$""#,
+        r#""aaa", "(a*(.)%w(%s*))""#,
+        // errors
+        r#""abc", "[a""#,
+        r#""abc", "[a%""#,
+        r#""abc", "%""#,
+        r#""abc", "(()""#,
+        r#""abc", "%1""#,
+        r#""abc", "(a)%2""#,
+        r#""abc", "%0""#,
+        r#""abc", "a)""#,
+        r#""abc", "%b""#,
+        r#""abc", "%bx""#,
+        r#""abc", "%fx""#,
+        r#""abc", string.rep("(", 40) .. "a" .. string.rep(")", 40)"#,
+        r#""abc", string.rep("a?", 300)"#,
+        r#""abc", "c", 1.5"#,
+        r#"nil, "a""#,
+        r#""abc", {}"#,
+    ];
+    for args in finds {
+        cases.push(format!("return string.find({args})"));
+        cases.push(format!("return string.match({args})"));
+        cases.push(format!("local r = {{}} for a, b in string.gmatch({args}) do r[#r + 1] = {{ a, b }} end return r"));
+    }
+    let gsubs: &[&str] = &[
+        r#""hello world", "o", "0""#,
+        r#""hello world", "o", "0", 1"#,
+        r#""hello world", "(o)", "[%1%0%%]""#,
+        r#""hello world", "()o", "%1""#,
+        r#""hello", "", "-""#,
+        r#""hello", "x*", "-""#,
+        r#""hello", "l*", "-""#,
+        r#""hello", "^h", "H""#,
+        r#""hello", "^l", "L""#,
+        r#""abc", "%w", "%0%0""#,
+        r#""abc", "%w", { a = "1", b = true, c = false }"#,
+        r#""abc", "%w", { a = 1.5 }"#,
+        r#""abc", "(%w)", function(c) if c == "b" then return nil end return c:upper() end"#,
+        r#""abc", "()%w", function(p) return p * 10 end"#,
+        r#""abc", "%w", 7"#,
+        r#""abc", "x", "y""#,
+        r#"123, "2", "x""#,
+        r#"123, "x", "y""#,
+        r#""abc", "b", "b", 0"#,
+        r#""abc", "b", "b", -1"#,
+        r#""a,b,,c", "([^,]*)", "<%1>""#,
+        // errors
+        r#""abc", "b", "%2""#,
+        r#""abc", "(b)", "%2""#,
+        r#""abc", "b", "%""#,
+        r#""abc", "b", "%x""#,
+        r#""abc", "b", { b = {} }"#,
+        r#""abc", "b", function() return {} end"#,
+        r#""abc", "b""#,
+        r#""abc", "b", true"#,
+        r#""abc", "(b", "x""#,
+    ];
+    for args in gsubs {
+        cases.push(format!("return string.gsub({args})"));
+    }
+    cases.push(r#"return ("x=1, y=2"):gsub("(%w+)=(%w+)", "%2=%1")"#.to_owned());
+    cases.push(r#"local s = "a b" return s:find("b"), s:match("(a) (b)")"#.to_owned());
+    let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
+    assert_same_as_stock_lua(&cases);
+}
+
+#[test]
+fn table_functions_behave_like_lua() {
+    assert_same_as_stock_lua(&[
+        "local t = { 1, 2 } table.insert(t, 3) return t",
+        "local t = { 1, 2 } table.insert(t, 1, 0) return t",
+        "local t = { 1, 2 } table.insert(t, 3, 9) return t",
+        "local t = { 1, 2 } table.insert(t, 4, 9) return t",
+        "local t = { 1, 2 } table.insert(t, 0, 9) return t",
+        "local t = { 1, 2 } table.insert(t, 1.5, 9) return t",
+        "local t = { 1, 2 } table.insert(t, 2.0, 9) return t",
+        "local t = { 1, 2 } table.insert(t, 'x', 9) return t",
+        "local t = { 1, 2 } table.insert(t) return t",
+        "local t = { 1, 2 } table.insert(t, 1, 2, 3) return t",
+        "table.insert(nil, 1)",
+        "table.insert('s', 1)",
+        "local t = { 1, 2, 3 } return table.remove(t), t",
+        "local t = { 1, 2, 3 } return table.remove(t, 1), t",
+        "local t = { 1, 2, 3 } return table.remove(t, 4), t",
+        "local t = { 1, 2, 3 } return table.remove(t, 5), t",
+        "local t = {} return table.remove(t), t",
+        "local t = {} return table.remove(t, 0), t",
+        "local t = { [0] = 'z' } return table.remove(t, 0), t",
+        "return table.remove({ 1 }, 'x')",
+        "return table.move({ 1, 2, 3 }, 1, 3, 2)",
+        "return table.move({ 1, 2, 3 }, 2, 3, 1)",
+        "return table.move({ 1, 2, 3 }, 1, 3, 1, {})",
+        "return table.move({ 1, 2, 3 }, 1, 0, 1, { 9 })",
+        "local a = { 1, 2, 3 } return table.move(a, 1, 3, 3, a)",
+        "return table.move({}, -1, math.maxinteger, 1)",
+        "return table.move({ 1 }, 1, 1, math.maxinteger)",
+        "return table.move({ 1 }, 'a', 1, 1)",
+        "return table.move({ 1 }, 1, 1, 1, 5)",
+        "local t = setmetatable({}, { __index = function(_, k) return k * 2 end }) return table.move(t, 1, 3, 1, {})",
+    ]);
+}
+
+#[test]
+fn library_loops_are_bounded_by_the_time_budget() {
+    for code in [
+        r#"local s = string.rep("a", 5000) return { fairness_key = tostring(s:find(".-.-.-.-b")) }"#,
+        r#"local s = string.rep("a", 5000) return { fairness_key = tostring(s:match("(a*)*b")) }"#,
+        r#"local s = string.rep("a", 5000) for x in s:gmatch("a-a-a-a-b") do end"#,
+        r#"local s = string.rep("a", 5000) return { fairness_key = s:gsub("a-a-a-a-b", "") }"#,
+        r#"local s = string.rep("a", 2000000) s:find(string.rep("a", 1000000) .. "b", 1, true)"#,
+        "local t = setmetatable({}, { __len = function() return 1e15 end }) table.insert(t, 1, 'x')",
+        "local t = setmetatable({}, { __len = function() return 1e15 end }) table.remove(t, 1)",
+        "table.move({}, 1, 1e15, 2)",
+    ] {
+        assert_timeout(&format!("function on_enqueue(msg) {code} end"));
+    }
+}
+
+#[test]
+fn gsub_results_count_against_the_memory_limit() {
+    // 100 MB of result; stopped at 8 MiB (the time limit is out of the way).
+    let source = r#"function on_enqueue(msg) local s = string.rep("a", 100000) s:gsub("", string.rep("b", 1000)) end"#;
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
+    let result = test_on_enqueue(source, &msg, &NoConfig, limits);
+    assert!(matches!(result, Err(ScriptError::Memory { .. })), "{result:?}");
 }
