@@ -216,20 +216,31 @@ pub(crate) fn system_time(t: Option<prost_types::Timestamp>) -> SystemTime {
 impl Delivery {
     pub(crate) fn from_proto(d: pb::Delivery) -> Self {
         let message = d.message.unwrap_or_default();
-        let meta = message.metadata.unwrap_or_default();
-        let times = message.timestamps.unwrap_or_default();
+        let leased_at = system_time(message.timestamps.as_ref().and_then(|t| t.leased_at));
+        let Message {
+            id,
+            queue,
+            headers,
+            payload,
+            fairness_key,
+            weight,
+            throttle_keys,
+            attempt,
+            last_error,
+            enqueued_at,
+        } = Message::from_proto(message);
         Delivery {
-            id: message.id,
-            queue: message.queue,
-            headers: message.headers,
-            payload: message.payload,
-            fairness_key: meta.fairness_key,
-            weight: meta.weight,
-            throttle_keys: meta.throttle_keys,
-            attempt: meta.attempt_count,
-            last_error: meta.last_error,
-            enqueued_at: system_time(times.enqueued_at),
-            leased_at: system_time(times.leased_at),
+            id,
+            queue,
+            headers,
+            payload,
+            fairness_key,
+            weight,
+            throttle_keys,
+            attempt,
+            last_error,
+            enqueued_at,
+            leased_at,
             lease_token: d.lease_token,
             lease_deadline: system_time(d.lease_deadline),
         }
