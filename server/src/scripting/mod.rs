@@ -41,12 +41,18 @@
 //! # Limits
 //!
 //! Every call (and the top-level code when a script is loaded) has a time
-//! budget, checked every 1,000 VM instructions, and every VM a memory limit
-//! ([`ScriptLimits`]). A call over either is stopped; `pcall` cannot catch
-//! the time-budget error and `__gc` finalizers (which would run outside the
-//! budget) cannot be set. The budget is checked between instructions, so a
-//! single long-running library call (a pathological `string.find` pattern on
-//! a long string, for example) can overrun it; memory stays bounded.
+//! budget and every VM a memory limit ([`ScriptLimits`]); a call over either
+//! is stopped. The budget is checked every 1,000 VM instructions, which
+//! never happens inside a library function written in C, so the library
+//! functions that could loop in C for a length a script chooses are
+//! replaced: `string.find`/`match`/`gmatch`/`gsub` by a port of Lua's
+//! matcher that checks the budget as it goes (`patterns.rs`; Lua's
+//! backtracks, and one pattern could run for minutes), `table.insert`,
+//! `remove` and `move` by Lua versions, and `table.sort` of more than 4,096
+//! elements compares in Lua. What remains in C does work linear in the
+//! memory limit (a few milliseconds at 8 MiB). `pcall` cannot catch the
+//! time-budget error, and `__gc` finalizers (which would run outside any
+//! call) cannot be set.
 //!
 //! # Circuit breaker
 //!

@@ -153,6 +153,15 @@ function table.remove(t, pos)
   t[pos] = nil
   return removed
 end
+-- table.sort without a comparison function compares in C; on a long array
+-- (a quarter million numbers fit in 8 MiB: ~0.1 s) it gets one written in
+-- Lua, which the time budget covers. The order is the same.
+local sort = table.sort -- (named so that its errors say 'sort')
+local function less(a, b) return a < b end
+function table.sort(t, comp)
+  if comp == nil and type(t) == "table" and #t > 4096 then comp = less end
+  return sort(t, comp)
+end
 function table.move(a1, f, e, t, a2)
   f, e, t = checkint(f, 2, "move"), checkint(e, 3, "move"), checkint(t, 4, "move")
   checktable(a1, 1, "move")

@@ -823,6 +823,11 @@ fn table_functions_behave_like_lua() {
         "return table.move({ 1 }, 'a', 1, 1)",
         "return table.move({ 1 }, 1, 1, 1, 5)",
         "local t = setmetatable({}, { __index = function(_, k) return k * 2 end }) return table.move(t, 1, 3, 1, {})",
+        "local t = {} for i = 1, 5000 do t[i] = (i * 7919) % 5003 end table.sort(t) return t[1], t[2500], t[5000]",
+        "local t = { 3, 1, 2 } table.sort(t) return t",
+        "local t = { 3, 1, 2 } table.sort(t, function(a, b) return a > b end) return t",
+        "local t = {} for i = 1, 5000 do t[i] = i end t[2500] = 'x' table.sort(t)",
+        "table.sort(nil)",
     ]);
 }
 
@@ -837,6 +842,7 @@ fn library_loops_are_bounded_by_the_time_budget() {
         "local t = setmetatable({}, { __len = function() return 1e15 end }) table.insert(t, 1, 'x')",
         "local t = setmetatable({}, { __len = function() return 1e15 end }) table.remove(t, 1)",
         "table.move({}, 1, 1e15, 2)",
+        "local t = {} for i = 1, 250000 do t[i] = (i * 7919) % 250007 end table.sort(t)",
     ] {
         assert_timeout(&format!("function on_enqueue(msg) {code} end"));
     }
