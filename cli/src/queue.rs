@@ -102,6 +102,21 @@ changed.")]
         #[arg(long)]
         remove_on_failure: bool,
     },
+    /// Delete every ready and delayed message of a queue (leased ones stay).
+    #[command(after_help = "\
+Examples:
+  fila queue purge orders          # asks for confirmation
+  fila queue purge orders --yes    # in scripts
+
+Leased messages stay until they are acked or their lease runs out. The queue,
+its settings and its dead-letter queue are kept.")]
+    Purge {
+        /// The queue to empty.
+        name: String,
+        /// Do not ask for confirmation (required when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Delete a queue and all its messages.
     #[command(after_help = "\
 Example:
@@ -201,6 +216,27 @@ impl From<&HookStats> for HookJson {
             consecutive_failures: h.consecutive_failures,
             breaker: h.breaker.clone(),
         }
+    }
+}
+
+/// Asks on the terminal before a purge; without a terminal, `--yes` is required.
+fn confirm_purge(queue: &QueueInfo) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure::Usage(format!(
+            "not purging '{}' without confirmation: add --yes (standard input is not a terminal)",
+            queue.name
+        )));
+    }
+    let purgeable = queue.depth.saturating_sub(queue.in_flight);
+    eprint!("delete the {purgeable} ready and delayed messages of '{}'? [y/N] ", queue.name);
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer).map_err(|e| Failure::Usage(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::Usage("not purged".into()))
     }
 }
 
@@ -331,6 +367,19 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
                     }
                 }
                 writeln!(out, "updated queue '{}': {}", queue.name, changes.join(", "))?;
+            }
+        }
+        QueueCommand::Purge { name, yes } => {
+            if !yes {
+                let queue = client.get_queue(&name).await.map_err(|e| ctx.failure(e))?;
+                confirm_purge(&queue)?;
+            }
+            let purged = client.purge(&name).await.map_err(|e| ctx.failure(e))?;
+            if ctx.json() {
+                write_json(&mut out, &serde_json::json!({ "name": name, "purged_messages": purged }))?;
+            } else {
+                let noun = if purged == 1 { "message" } else { "messages" };
+                writeln!(out, "purged {purged} {noun} from '{name}'")?;
             }
         }
         QueueCommand::Delete { name } => {

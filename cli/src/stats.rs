@@ -26,8 +26,9 @@ Examples:
 
 In the keys table, a weight marked * is an operator override (fila weight),
 DEFICIT is what is left of the key's current turn, and THROTTLED says every
-ready message of the key is waiting for a throttle token. Throttles apply to
-all queues; all of them are listed.")]
+ready message of the key is waiting for a throttle token, and RATE is the
+broker's recent deliveries per second (a 10s decaying average). Throttles
+apply to all queues; all of them are listed.")]
 pub struct StatsArgs {
     /// The queue.
     queue: String,
@@ -51,6 +52,8 @@ struct KeyJson<'a> {
     weight_overridden: bool,
     deficit: u64,
     throttled: bool,
+    /// The broker's recent deliveries per second (decaying average, ~10 s).
+    delivery_rate: f64,
 }
 
 impl<'a> From<&'a KeyStats> for KeyJson<'a> {
@@ -63,6 +66,7 @@ impl<'a> From<&'a KeyStats> for KeyJson<'a> {
             weight_overridden: k.weight_overridden,
             deficit: k.deficit,
             throttled: k.throttled,
+            delivery_rate: k.delivery_rate,
         }
     }
 }
@@ -154,6 +158,7 @@ fn write_human(out: &mut impl Write, queue: &str, s: &Snapshot) -> Result<(), Fa
             ("WEIGHT", Align::Right),
             ("DEFICIT", Align::Right),
             ("THROTTLED", Align::Left),
+            ("RATE", Align::Right),
         ]);
         for k in &s.stats.keys {
             let weight = if k.weight_overridden { format!("{}*", k.weight) } else { format!("{} ", k.weight) };
@@ -164,6 +169,7 @@ fn write_human(out: &mut impl Write, queue: &str, s: &Snapshot) -> Result<(), Fa
                 weight,
                 k.deficit.to_string(),
                 if k.throttled { "yes" } else { "no" }.to_owned(),
+                output::rate(k.delivery_rate),
             ]);
         }
         table.write(out)?;
@@ -171,6 +177,7 @@ fn write_human(out: &mut impl Write, queue: &str, s: &Snapshot) -> Result<(), Fa
         if shown < s.stats.tracked_keys {
             writeln!(out, "(the {shown} busiest of {} keys)", s.stats.tracked_keys)?;
         }
+        writeln!(out, "RATE: recent deliveries per second, as the broker measures them (10s decaying average)")?;
         if s.stats.keys.iter().any(|k| k.weight_overridden) {
             writeln!(out, "* weight set by an operator (fila weight)")?;
         }

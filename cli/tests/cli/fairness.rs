@@ -23,4 +23,6 @@ async fn a_quiet_tenant_is_not_starved_by_a_noisy_one() {
     assert_eq!(stats["depth"], 1980);
     assert_eq!(stats["keys"][0]["fairness_key"], "noisy");
     assert_eq!(stats["active_keys"], 1);
+    // The broker's recent delivery rate saw the 20 noisy deliveries.
+    assert!(stats["keys"][0]["delivery_rate"].as_f64().unwrap() > 0.0, "{stats}");
 }

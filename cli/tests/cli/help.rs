@@ -11,6 +11,7 @@ fn every_subcommand_has_examples() {
         &["queue", "list"],
         &["queue", "inspect"],
         &["queue", "update"],
+        &["queue", "purge"],
         &["config"],
         &["config", "set"],
         &["config", "get"],

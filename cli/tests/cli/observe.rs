@@ -96,8 +96,9 @@ async fn stats_show_counters_keys_and_throttles() {
     let human = fila.ok(&["stats", "orders", "--keys", "2"]);
     assert!(human.starts_with("queue         orders\ndepth         9\n"), "{human}");
     assert!(human.contains("\ndead letters  0 (in orders.dlq)\n"), "{human}");
-    assert!(human.contains("\nKEY    PENDING  LEASED  WEIGHT  DEFICIT  THROTTLED\nbig          5"), "{human}");
+    assert!(human.contains("\nKEY    PENDING  LEASED  WEIGHT  DEFICIT  THROTTLED  RATE\nbig          5"), "{human}");
     assert!(human.contains("(the 2 busiest of 3 keys)"), "{human}");
+    assert!(human.contains("no          0/s\n"), "nothing delivered yet: {human}");
     assert!(human.contains("\nprovider:smtp   2/s      2"), "{human}");
 
     // A dead-letter queue has no dead-letter queue of its own.

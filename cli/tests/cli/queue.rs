@@ -87,3 +87,27 @@ async fn addr_and_output_come_from_the_environment() {
     let created: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(created["name"], "from-env");
 }
+
+#[tokio::test]
+async fn purge_needs_yes_without_a_terminal() {
+    let server = TestServer::start().await;
+    let fila = Fila::of(&server);
+    fila.ok(&["queue", "create", "orders"]);
+    fila.json(&["enqueue", "orders", "x", "--count", "5"]);
+    fila.ok(&["enqueue", "orders", "later", "--delay", "1h"]);
+    fila.ok(&["lease", "orders", "--limit", "2"]);
+
+    let message = fila.run(&["queue", "purge", "orders"]).failed(2).to_owned();
+    assert!(message.contains("add --yes"), "{message}");
+    assert_eq!(fila.inspect("orders")["depth"], 6);
+
+    // Ready and delayed messages go; the two leased ones stay.
+    assert_eq!(fila.ok(&["queue", "purge", "orders", "--yes"]), "purged 4 messages from 'orders'\n");
+    let info = fila.inspect("orders");
+    assert_eq!((info["depth"].as_u64(), info["in_flight"].as_u64()), (Some(2), Some(2)));
+    let purged = fila.json(&["queue", "purge", "orders", "-y"]);
+    assert_eq!((purged["name"].as_str(), purged["purged_messages"].as_u64()), (Some("orders"), Some(0)));
+
+    assert_eq!(fila.run(&["queue", "purge", "nope", "--yes"]).failed(1), "queue 'nope' does not exist");
+    assert_eq!(fila.run(&["queue", "purge", "nope"]).failed(1), "queue 'nope' does not exist");
+}
