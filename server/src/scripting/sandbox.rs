@@ -6,7 +6,7 @@
 //! visible to any other script.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mlua::{ChunkMode, Function, HookTriggers, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value, VmState};
@@ -275,7 +275,7 @@ impl Vm {
             ScriptHook::OnFailure => FAILURE_TRAMPOLINE,
         };
         let trampoline: Function =
-            lua.load(trampoline).set_name("=fila").set_mode(ChunkMode::Text).eval().map_err(setup_failed)?;
+            load_trusted(&lua, trampoline, "=fila").and_then(|chunk| chunk.call(())).map_err(setup_failed)?;
         lua.set_memory_limit(limits.memory_bytes).map_err(setup_failed)?;
 
         let mut vm = Vm {
@@ -433,18 +433,31 @@ fn sandbox(budget: &Arc<Budget>, memory_limit: usize) -> mlua::Result<(Lua, Tabl
     let check = Arc::clone(budget);
     let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
     let [find, match_, gmatch, gsub] = patterns::functions(&lua, budget, memory_limit)?;
-    lua.load(SETUP).set_name("=sandbox").set_mode(ChunkMode::Text).call::<()>((
-        config_slot.clone(),
-        expired,
-        find,
-        match_,
-        gmatch,
-        gsub,
-    ))?;
+    load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((config_slot.clone(), expired, find, match_, gmatch, gsub))?;
 
     let check = Arc::clone(budget);
     lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_CHECK_INSTRUCTIONS), move |_, _| check.check())?;
     Ok((lua, config_slot))
+}
+
+/// Loads one of the broker's own chunks (never a script's): compiled once
+/// per process, then loaded as bytecode, which saves most of the cost of
+/// creating a VM (parsing `SETUP` took ~75 µs of ~220 µs).
+fn load_trusted(lua: &Lua, source: &'static str, name: &'static str) -> mlua::Result<Function> {
+    static COMPILED: Mutex<Vec<(&'static str, Vec<u8>)>> = Mutex::new(Vec::new());
+    let cached = {
+        let compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+        compiled.iter().find(|(s, _)| *s == source).map(|(_, bytecode)| bytecode.clone())
+    };
+    let bytecode = match cached {
+        Some(bytecode) => bytecode,
+        None => {
+            let bytecode = lua.load(source).set_name(name).set_mode(ChunkMode::Text).into_function()?.dump(false);
+            COMPILED.lock().unwrap_or_else(|e| e.into_inner()).push((source, bytecode.clone()));
+            bytecode
+        }
+    };
+    lua.load(bytecode).set_name(name).set_mode(ChunkMode::Binary).into_function()
 }
 
 /// Removes a VM's memory limit until dropped, then restores it.
