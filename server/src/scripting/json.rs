@@ -9,21 +9,38 @@
 use mlua::{Lua, Value};
 use serde_json::Value as Json;
 
-pub(super) fn decode(lua: &Lua, text: Value) -> mlua::Result<Value> {
+/// What a helper answers its Lua wrapper (see `SETUP` in `sandbox.rs`):
+/// `true, value`, or `false, message, level` for the wrapper to raise with
+/// `error(message, level)` (a plain string at the script's line, as Lua's own
+/// functions do; an `Err` would reach the script as a userdata).
+pub(super) type Answer = (bool, Value, Option<u8>);
+
+pub(super) fn decode(lua: &Lua, text: Value) -> mlua::Result<Answer> {
     let Value::String(text) = text else {
-        return Err(mlua::Error::runtime(format!("fila.json_decode expects a string, got {}", text.type_name())));
+        return raise(lua, format!("fila.json_decode expects a string, got {}", text.type_name()));
     };
-    let parsed: Json = serde_json::from_slice(&text.as_bytes())
-        .map_err(|e| mlua::Error::runtime(format!("fila.json_decode: invalid JSON: {e}")))?;
+    let parsed: Json = match serde_json::from_slice(&text.as_bytes()) {
+        Ok(parsed) => parsed,
+        Err(e) => return raise(lua, format!("fila.json_decode: invalid JSON: {e}")),
+    };
+    Ok((true, decoded(lua, &text, &parsed)?, None))
+}
+
+/// An error for the Lua wrapper to raise at the script's line.
+pub(super) fn raise(lua: &Lua, message: String) -> mlua::Result<Answer> {
+    Ok((false, Value::String(lua.create_string(message)?), Some(2)))
+}
+
+fn decoded(lua: &Lua, text: &mlua::String, parsed: &Json) -> mlua::Result<Value> {
     if text.as_bytes().len() > UNCHECKED_MAX_BYTES {
-        return to_lua(lua, &parsed);
+        return to_lua(lua, parsed);
     }
     // Small documents (the usual case) are built with the memory limit
     // lifted, which avoids a protected call per value, and the limit is
     // checked once at the end; the most it can be exceeded by is the
     // decoded size of a 64 KiB document.
     let limit = lua.set_memory_limit(0)?;
-    let value = to_lua(lua, &parsed);
+    let value = to_lua(lua, parsed);
     lua.set_memory_limit(limit)?;
     let value = value?;
     if limit != 0 && lua.used_memory() > limit {
@@ -32,7 +49,7 @@ pub(super) fn decode(lua: &Lua, text: Value) -> mlua::Result<Value> {
         if lua.used_memory() > limit {
             return Err(mlua::Error::MemoryError("not enough memory".to_owned()));
         }
-        return to_lua(lua, &parsed);
+        return to_lua(lua, parsed);
     }
     Ok(value)
 }

@@ -64,7 +64,7 @@ pub(super) const GLOBALS: &[&str] = &[
 /// Runs once in every VM, before the script, with the config slot and the
 /// budget's `expired` check as arguments.
 const SETUP: &str = r##"
-local slot, expired, raw_find, raw_match, raw_gmatch, raw_gsub = ...
+local slot, expired, raw_json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
 local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
 local error, type, rawget = error, type, rawget
 
@@ -181,7 +181,8 @@ end
 
 -- slot[1] is the current call's configuration reader (see Vm::call); this
 -- wrapper stays valid even if a script keeps a reference to fila.get.
-function fila.get(key) return slot[1](key) end
+function fila.get(key) return ret(slot[1](key)) end
+function fila.json_decode(text) return ret(raw_json_decode(text)) end
 "##;
 
 /// Calls a hook with a `msg` table built in Lua from the fields the broker
@@ -354,12 +355,15 @@ impl Vm {
         let result = self.lua.scope(|scope| {
             // The reader lives only as long as this call: `config` is
             // borrowed, never kept.
-            let get = scope.create_function(|lua, key: Value| match key {
-                Value::String(key) => match config.get(&key.to_str()?) {
-                    Some(value) => Ok(Value::String(lua.create_string(value)?)),
-                    None => Ok(Value::Nil),
-                },
-                other => Err(mlua::Error::runtime(format!("fila.get expects a string key, got {}", other.type_name()))),
+            let get = scope.create_function(|lua, key: Value| {
+                let Value::String(key) = key else {
+                    return json::raise(lua, format!("fila.get expects a string key, got {}", key.type_name()));
+                };
+                let value = match config.get(&key.to_string_lossy()) {
+                    Some(value) => Value::String(lua.create_string(value)?),
+                    None => Value::Nil,
+                };
+                Ok((true, value, None))
             })?;
             self.config_slot.raw_set(1, get)?;
             let args = make_args(&self.lua, &self.function)?;
@@ -411,7 +415,6 @@ fn sandbox(budget: &Arc<Budget>, memory_limit: usize) -> mlua::Result<(Lua, Tabl
     string.raw_set("dump", Value::Nil)?;
 
     let fila = lua.create_table()?;
-    fila.raw_set("json_decode", lua.create_function(|lua, text: Value| json::decode(lua, text))?)?;
     globals.raw_set("fila", fila)?;
 
     let mut unwanted = Vec::new();
@@ -433,7 +436,16 @@ fn sandbox(budget: &Arc<Budget>, memory_limit: usize) -> mlua::Result<(Lua, Tabl
     let check = Arc::clone(budget);
     let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
     let [find, match_, gmatch, gsub] = patterns::functions(&lua, budget, memory_limit)?;
-    load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((config_slot.clone(), expired, find, match_, gmatch, gsub))?;
+    let json_decode = lua.create_function(|lua, text: Value| json::decode(lua, text))?;
+    load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((
+        config_slot.clone(),
+        expired,
+        json_decode,
+        find,
+        match_,
+        gmatch,
+        gsub,
+    ))?;
 
     let check = Arc::clone(budget);
     lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_CHECK_INSTRUCTIONS), move |_, _| check.check())?;

@@ -493,9 +493,21 @@ fn fila_json_decode() {
     assert!(message.contains("fila.json_decode: invalid JSON") && message.contains("line 1 column 2"), "{message}");
     let message = runtime_message(enqueue("function on_enqueue(msg) fila.json_decode({}) end"));
     assert!(message.contains("expects a string, got table"), "{message}");
-    // Errors can be handled by the script.
-    let source = r#"function on_enqueue(msg) local ok = pcall(fila.json_decode, "[") return { fairness_key = tostring(ok) } end"#;
-    assert_eq!(enqueue(source).unwrap().fairness_key.as_deref(), Some("false"));
+    // Errors can be handled by the script, and are plain strings naming the line.
+    let source = r#"function on_enqueue(msg)
+        local ok, e = pcall(function() local v = fila.json_decode("[") return v end)
+        return { fairness_key = tostring(ok) .. " " .. type(e) .. " " .. e }
+    end"#;
+    let key = enqueue(source).unwrap().fairness_key.unwrap();
+    assert!(key.starts_with("false string on_enqueue:2: fila.json_decode: invalid JSON: EOF"), "{key}");
+    let source = r#"function on_enqueue(msg)
+        local ok, e = pcall(function() local v = fila.get({}) return v end)
+        return { fairness_key = e }
+    end"#;
+    assert_eq!(
+        enqueue(source).unwrap().fairness_key.as_deref(),
+        Some("on_enqueue:2: fila.get expects a string key, got table")
+    );
 }
 
 #[test]
