@@ -32,7 +32,8 @@ pub(super) fn enqueue_decision(value: Value) -> Result<EnqueueDecision, String> 
         other => return Err(format!("expected a table or nil, got {}", type_name(&other))),
     };
     let mut decision = EnqueueDecision::default();
-    for (key, value) in entries(&table)? {
+    // Four entries are enough to find one that is not a field.
+    for (key, value) in entries(&table, 4)? {
         match field_name(&key)?.as_str() {
             "fairness_key" => decision.fairness_key = Some(key_string("fairness_key", value, MAX_FAIRNESS_KEY_BYTES)?),
             "weight" => {
@@ -63,7 +64,7 @@ pub(super) fn failure_decision(value: Value) -> Result<Option<FailureDecision>, 
     };
     let mut action = None;
     let mut delay_ms = None;
-    for (key, value) in entries(&table)? {
+    for (key, value) in entries(&table, 3)? {
         match field_name(&key)?.as_str() {
             "action" => match &value {
                 Value::String(s) => action = Some(s.to_string_lossy()),
@@ -127,7 +128,7 @@ fn throttle_keys(value: Value) -> Result<Vec<String>, String> {
     let Value::Table(table) = value else {
         return Err(format!("throttle_keys must be an array of strings, got {}", type_name(&value)));
     };
-    let mut entries = entries(&table)?;
+    let mut entries = entries(&table, MAX_THROTTLE_KEYS + 1)?;
     if entries.len() > MAX_THROTTLE_KEYS {
         return Err(format!("throttle_keys has more than {MAX_THROTTLE_KEYS} keys"));
     }
@@ -150,15 +151,22 @@ fn throttle_keys(value: Value) -> Result<Vec<String>, String> {
 }
 
 /// A table's entries, read raw.
-fn entries(table: &Table) -> Result<Vec<(Value, Value)>, String> {
+/// Up to `limit` of a table's entries, read raw: enough to validate it, so a
+/// huge returned table costs no more than a small one.
+fn entries(table: &Table, limit: usize) -> Result<Vec<(Value, Value)>, String> {
     let mut entries = Vec::new();
-    table
-        .for_each(|key: Value, value: Value| {
-            entries.push((key, value));
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(entries)
+    let result = table.for_each(|key: Value, value: Value| {
+        if entries.len() == limit {
+            return Err(mlua::Error::runtime("enough entries"));
+        }
+        entries.push((key, value));
+        Ok(())
+    });
+    match result {
+        Err(_) if entries.len() == limit => Ok(entries),
+        Err(e) => Err(e.to_string()),
+        Ok(()) => Ok(entries),
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {

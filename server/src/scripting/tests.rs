@@ -363,6 +363,20 @@ fn on_enqueue_decisions() {
 
 #[test]
 fn bad_enqueue_returns_are_rejected() {
+    // A huge table is rejected (validation reads only the first few entries).
+    let h = headers(&[]);
+    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
+    for (source, expected) in [
+        ("local t = {} for i = 1, 100000 do t['k' .. i] = i end function on_enqueue(msg) return t end", "unknown field"),
+        (
+            "local t = {} for i = 1, 100000 do t[i] = 'k' end function on_enqueue(msg) return { throttle_keys = t } end",
+            "more than 16",
+        ),
+    ] {
+        let result = test_on_enqueue(source, &msg, &NoConfig, limits);
+        assert!(matches!(&result, Err(ScriptError::BadReturn { message, .. }) if message.contains(expected)), "{result:?}");
+    }
     let cases = [
         ("5", "expected a table or nil, got a number"),
         (r#""k""#, "got a string"),
