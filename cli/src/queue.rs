@@ -53,6 +53,9 @@ Lua's message (which names the line), and nothing is created.")]
         /// Failed attempts before a message moves to the dead-letter queue NAME.dlq (broker default 10).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_attempts: Option<u32>,
+        /// Largest payload this queue accepts, in bytes (default: the server's maximum, which also caps it).
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+        max_payload_bytes: Option<u64>,
         /// A Lua script defining `function on_enqueue(msg)`, run for every message enqueued.
         #[arg(long, value_name = "FILE")]
         on_enqueue: Option<PathBuf>,
@@ -74,7 +77,7 @@ failure, new scripts to later messages and failures. Scripts are changed
 first, then settings: if the broker refuses a setting, the scripts stay
 changed.")]
     #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
-        "visibility_timeout", "quantum", "max_attempts", "on_enqueue", "on_failure",
+        "visibility_timeout", "quantum", "max_attempts", "max_payload_bytes", "on_enqueue", "on_failure",
         "remove_on_enqueue", "remove_on_failure",
     ])))]
     Update {
@@ -89,6 +92,9 @@ changed.")]
         /// Failed attempts before a message moves to the dead-letter queue NAME.dlq.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_attempts: Option<u32>,
+        /// Largest payload this queue accepts, in bytes; 0 returns to the server's maximum.
+        #[arg(long, value_name = "BYTES")]
+        max_payload_bytes: Option<u64>,
         /// Replace the on_enqueue script with this file.
         #[arg(long, value_name = "FILE", conflicts_with = "remove_on_enqueue")]
         on_enqueue: Option<PathBuf>,
@@ -153,6 +159,7 @@ struct QueueJson<'a> {
     visibility_timeout_ms: u64,
     quantum: u32,
     max_attempts: u32,
+    max_payload_bytes: u64,
 }
 
 impl<'a> From<&'a QueueInfo> for QueueJson<'a> {
@@ -166,6 +173,7 @@ impl<'a> From<&'a QueueInfo> for QueueJson<'a> {
             visibility_timeout_ms: q.visibility_timeout.as_millis() as u64,
             quantum: q.quantum,
             max_attempts: q.max_attempts,
+            max_payload_bytes: q.max_payload_bytes,
         }
     }
 }
@@ -278,8 +286,16 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
     let client = ctx.connect().await?;
     let mut out = std::io::stdout().lock();
     match args.command {
-        QueueCommand::Create { name, visibility_timeout, quantum, max_attempts, on_enqueue, on_failure } => {
-            let options = QueueOptions { visibility_timeout, quantum, max_attempts };
+        QueueCommand::Create {
+            name,
+            visibility_timeout,
+            quantum,
+            max_attempts,
+            max_payload_bytes,
+            on_enqueue,
+            on_failure,
+        } => {
+            let options = QueueOptions { visibility_timeout, quantum, max_attempts, max_payload_bytes };
             let scripts = QueueScripts {
                 on_enqueue: on_enqueue.as_deref().map(read_script).transpose()?,
                 on_failure: on_failure.as_deref().map(read_script).transpose()?,
@@ -310,6 +326,7 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
             visibility_timeout,
             quantum,
             max_attempts,
+            max_payload_bytes,
             on_enqueue,
             on_failure,
             remove_on_enqueue,
@@ -333,8 +350,12 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
                     .map_err(|e| ctx.failure(e))?;
                 queue = Some(updated);
             }
-            let options = QueueOptions { visibility_timeout, quantum, max_attempts };
-            if visibility_timeout.is_some() || quantum.is_some() || max_attempts.is_some() {
+            let options = QueueOptions { visibility_timeout, quantum, max_attempts, max_payload_bytes };
+            if visibility_timeout.is_some()
+                || quantum.is_some()
+                || max_attempts.is_some()
+                || max_payload_bytes.is_some()
+            {
                 let updated = client.update_queue(&name, options).await.map_err(|e| {
                     let failure = ctx.failure(e);
                     if queue.is_some() {
@@ -358,6 +379,9 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
                 }
                 if max_attempts.is_some() {
                     changes.push(format!("max attempts {}", queue.max_attempts));
+                }
+                if max_payload_bytes.is_some() {
+                    changes.push(format!("max payload {}", payload_limit(queue.max_payload_bytes)));
                 }
                 for (hook, change) in [("on_enqueue", &on_enqueue), ("on_failure", &on_failure)] {
                     match change.as_deref() {
@@ -446,6 +470,7 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
                     ("visibility timeout", output::duration(queue.visibility_timeout)),
                     ("quantum", queue.quantum.to_string()),
                     ("max attempts", queue.max_attempts.to_string()),
+                    ("max payload", payload_limit(queue.max_payload_bytes)),
                 ];
                 for (label, source, stats) in [
                     ("on_enqueue", &scripts.on_enqueue, &on_enqueue_stats),
@@ -461,4 +486,13 @@ pub async fn run(ctx: &Context, args: QueueArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A queue's payload limit for people (0 means the server's).
+fn payload_limit(bytes: u64) -> String {
+    if bytes == 0 {
+        "server maximum".to_owned()
+    } else {
+        output::size(bytes)
+    }
 }

@@ -41,6 +41,14 @@ Examples:
         #[arg(long, value_name = "N", value_parser = parse_burst)]
         burst: Option<f64>,
     },
+    /// Show one throttle key's limit and live bucket (exit status 1 if it has no limit).
+    #[command(after_help = "\
+Example:
+  fila throttle get provider:stripe")]
+    Get {
+        /// The throttle key.
+        key: String,
+    },
     /// List throttle keys with a limit and their live buckets.
     #[command(after_help = "\
 Examples:
@@ -132,6 +140,16 @@ pub async fn run(ctx: &Context, args: ThrottleArgs) -> Result<(), Failure> {
                     output::rate(throttle.rate_per_second),
                     output::number(throttle.burst)
                 )?;
+            }
+        }
+        ThrottleCommand::Get { key } => {
+            let Some(throttle) = client.get_throttle(&key).await.map_err(|e| ctx.failure(e))? else {
+                return Err(Failure::Refused(format!("throttle key '{key}' has no rate set")));
+            };
+            if ctx.json() {
+                write_json(&mut out, &ThrottleJson::from(&throttle))?;
+            } else {
+                table(std::slice::from_ref(&throttle)).write(&mut out)?;
             }
         }
         ThrottleCommand::List => {

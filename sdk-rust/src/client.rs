@@ -189,6 +189,15 @@ impl Client {
         response.throttle.map(ThrottleInfo::from).ok_or_else(|| Error::Protocol("no throttle in answer".into()))
     }
 
+    /// One throttle key's limit and live bucket; `None` if it has no limit.
+    pub async fn get_throttle(&self, key: &str) -> Result<Option<ThrottleInfo>, Error> {
+        match self.admin.clone().get_throttle(pb::GetThrottleRequest { throttle_key: key.to_owned() }).await {
+            Ok(response) => Ok(response.into_inner().throttle.map(ThrottleInfo::from)),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
     /// Removes a throttle key's limit.
     pub async fn remove_throttle(&self, key: &str) -> Result<(), Error> {
         self.admin.clone().remove_throttle(pb::RemoveThrottleRequest { throttle_key: key.to_owned() }).await?;
@@ -219,6 +228,7 @@ impl Client {
                 visibility_timeout_ms: options.visibility_timeout.map_or(0, |d| d.as_millis() as u64),
                 quantum: options.quantum.unwrap_or(0),
                 max_attempts: options.max_attempts.unwrap_or(0),
+                max_payload_bytes: options.max_payload_bytes.unwrap_or(0),
             }),
             scripts: Some(pb::QueueScripts {
                 on_enqueue: scripts.on_enqueue.unwrap_or_default(),
@@ -295,6 +305,7 @@ impl Client {
             visibility_timeout_ms: options.visibility_timeout.map(|d| d.as_millis() as u64),
             quantum: options.quantum,
             max_attempts: options.max_attempts,
+            max_payload_bytes: options.max_payload_bytes,
             on_enqueue_script: None,
             on_failure_script: None,
         };

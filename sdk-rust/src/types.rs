@@ -87,6 +87,9 @@ pub struct QueueOptions {
     /// Failed attempts before the default policy dead-letters a message.
     /// `None` for the broker default (10).
     pub max_attempts: Option<u32>,
+    /// Largest payload the queue accepts, in bytes. `None` (or 0) for the
+    /// server's maximum.
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// A queue and its counters.
@@ -96,6 +99,8 @@ pub struct QueueInfo {
     pub visibility_timeout: Duration,
     pub quantum: u32,
     pub max_attempts: u32,
+    /// 0 = the server's maximum.
+    pub max_payload_bytes: u64,
     /// Ready, leased and delayed messages.
     pub depth: u64,
     pub in_flight: u64,
@@ -110,7 +115,8 @@ impl From<pb::QueueInfo> for QueueInfo {
             name: q.name,
             visibility_timeout: Duration::from_millis(q.settings.as_ref().map_or(0, |s| s.visibility_timeout_ms)),
             quantum: q.settings.as_ref().map_or(0, |s| s.quantum),
-            max_attempts: q.settings.map_or(0, |s| s.max_attempts),
+            max_attempts: q.settings.as_ref().map_or(0, |s| s.max_attempts),
+            max_payload_bytes: q.settings.map_or(0, |s| s.max_payload_bytes),
             delayed: q.delayed,
             depth: q.depth,
             in_flight: q.in_flight,

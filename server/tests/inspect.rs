@@ -126,3 +126,23 @@ async fn explain_finds_delayed_and_dead_lettered_messages() {
     let e = client.explain("q", ExplainSubject::FairnessKey("default")).await.unwrap();
     assert_eq!(e.state, ExplainState::NotFound, "nothing ready: {}", e.reason);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_may_accept_smaller_payloads_than_the_server() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("small", QueueOptions { max_payload_bytes: Some(10), ..Default::default() }).await.unwrap();
+    assert_eq!(client.get_queue("small").await.unwrap().max_payload_bytes, 10);
+    let results = client
+        .enqueue_batch(vec![NewMessage::new("small", "0123456789"), NewMessage::new("small", "0123456789x")])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    let err = results[1].as_ref().unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(err.message.contains("queue 'small' accepts at most 10 bytes"), "{}", err.message);
+    assert_eq!(client.get_queue("small").await.unwrap().depth, 1, "the refused message wrote nothing");
+
+    client.update_queue("small", QueueOptions { max_payload_bytes: Some(0), ..Default::default() }).await.unwrap();
+    client.enqueue(NewMessage::new("small", "0123456789x")).await.unwrap();
+}

@@ -170,6 +170,9 @@ async fn limits_change_at_runtime_and_survive_a_restart() {
     let client = server.client().await;
     let listed = client.list_throttles().await.unwrap();
     assert_eq!(listed.len(), 1);
+    let one = client.get_throttle("k").await.unwrap().expect("the limit survived");
+    assert_eq!((one.rate_per_second, one.burst), (0.01, 1.0));
+    assert_eq!(client.get_throttle("other").await.unwrap(), None);
     assert_eq!((listed[0].key.as_str(), listed[0].rate_per_second, listed[0].burst), ("k", 0.01, 1.0));
 
     enqueue_many(&client, (0..3).map(|_| NewMessage::new("q", "x").throttle_key("k")).collect()).await;

@@ -59,6 +59,10 @@ async fn throttle_set_list_delete() {
         fila.json(&["throttle", "list"]).as_array().unwrap().iter().find(|t| t["key"] == "slow").cloned().unwrap();
     assert!(slow["tokens"].as_f64().unwrap() < 1.0, "{slow}");
 
+    let one = fila.json(&["throttle", "get", "provider:smtp"]);
+    assert_eq!((one["rate_per_second"].as_f64(), one["burst"].as_f64()), (Some(0.5), Some(5.0)));
+    assert_eq!(fila.run(&["throttle", "get", "nope"]).failed(1), "throttle key 'nope' has no rate set");
+
     assert_eq!(fila.ok(&["throttle", "delete", "p2"]), "removed the limit of throttle 'p2'\n");
     assert_eq!(fila.run(&["throttle", "delete", "p2"]).failed(1), "throttle key 'p2' has no rate set");
     let keys: Vec<String> =

@@ -20,6 +20,11 @@ async fn create_list_inspect_delete() {
     assert_eq!(created["name"], "emails");
     assert_eq!(created["visibility_timeout_ms"], 500);
     assert_eq!(created["quantum"], 4);
+    let small = fila.json(&["queue", "update", "emails", "--max-payload-bytes", "4"]);
+    assert_eq!(small["max_payload_bytes"], 4);
+    let refused = fila.run(&["enqueue", "emails", "12345"]).failed(1).to_owned();
+    assert!(refused.contains("queue 'emails' accepts at most 4 bytes"), "{refused}");
+    fila.ok(&["queue", "update", "emails", "--max-payload-bytes", "0"]);
 
     // Human list: a header and one aligned row per queue, dead-letter
     // queues included.

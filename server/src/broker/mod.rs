@@ -176,6 +176,8 @@ pub struct SettingsUpdate {
     pub visibility_timeout: Option<Duration>,
     pub quantum: Option<u32>,
     pub max_attempts: Option<u32>,
+    /// `Some(0)` returns to the server's maximum.
+    pub max_payload_bytes: Option<u64>,
     /// `Some(None)` removes the script.
     pub on_enqueue: Option<Option<String>>,
     pub on_failure: Option<Option<String>>,
@@ -188,6 +190,7 @@ pub struct WireSettingsUpdate {
     pub visibility_timeout_ms: Option<u64>,
     pub quantum: Option<u32>,
     pub max_attempts: Option<u32>,
+    pub max_payload_bytes: Option<u64>,
     pub on_enqueue: Option<String>,
     pub on_failure: Option<String>,
 }
@@ -338,8 +341,9 @@ impl Broker {
                 let lane = Lane::new(m.fairness_key.as_str().into(), ThrottleSet::new(&m.throttle_keys));
                 let weight = m.weight;
                 let delay = Duration::from_millis(m.delay_ms);
+                let payload_len = m.payload.len();
                 let record = m.into_record(id, now).encode_bytes();
-                Ok(scheduler::PreparedMessage { queue, lane, weight, delay, id, record })
+                Ok(scheduler::PreparedMessage { queue, lane, weight, delay, payload_len, id, record })
             })
             .collect();
         self.ask(|reply| Command::Enqueue { items, reply }).await
@@ -426,6 +430,7 @@ impl Broker {
         visibility_timeout_ms: u64,
         quantum: u32,
         max_attempts: u32,
+        max_payload_bytes: u64,
         scripts: ScriptSources,
     ) -> Result<QueueInfo, BrokerError> {
         let name = QueueName::parse_for_create(name)?;
@@ -437,6 +442,7 @@ impl Broker {
             )?,
             quantum: quantum_from_wire(quantum)?,
             max_attempts: max_attempts_from_wire(max_attempts)?,
+            max_payload_bytes,
         };
         self.ask(|reply| Command::CreateQueue { name, settings, scripts, reply }).await?
     }
@@ -467,6 +473,12 @@ impl Broker {
     pub async fn remove_throttle(&self, key: &str) -> Result<(), BrokerError> {
         let key = parse_throttle_key(key)?.to_owned();
         self.ask(|reply| Command::RemoveThrottle { key, reply }).await?
+    }
+
+    /// One throttle key's limit and live bucket.
+    pub async fn get_throttle(&self, key: &str) -> Result<ThrottleInfo, BrokerError> {
+        let key = parse_throttle_key(key)?.to_owned();
+        self.ask(|reply| Command::GetThrottle { key, reply }).await?
     }
 
     /// Lists throttle keys with limits, in name order, starting after `after`.
@@ -540,7 +552,14 @@ impl Broker {
 
     /// Changes queue settings at runtime (wire values; `None` = unchanged).
     pub async fn update_queue(&self, name: &str, wire: WireSettingsUpdate) -> Result<QueueInfo, BrokerError> {
-        let WireSettingsUpdate { visibility_timeout_ms, quantum, max_attempts, on_enqueue, on_failure } = wire;
+        let WireSettingsUpdate {
+            visibility_timeout_ms,
+            quantum,
+            max_attempts,
+            max_payload_bytes,
+            on_enqueue,
+            on_failure,
+        } = wire;
         let name = QueueName::parse(name)?;
         let update = SettingsUpdate {
             on_enqueue: on_enqueue.map(|s| Some(s).filter(|s| !s.is_empty())),
@@ -553,6 +572,7 @@ impl Broker {
                 .transpose()?,
             quantum: quantum.map(|q| quantum_from_wire(q.max(1))).transpose()?,
             max_attempts: max_attempts.map(|m| max_attempts_from_wire(m.max(1))).transpose()?,
+            max_payload_bytes,
         };
         self.ask(|reply| Command::UpdateQueue { name, update, reply }).await?
     }

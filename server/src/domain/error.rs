@@ -30,6 +30,8 @@ pub enum ValidationError {
     EmptyPayload,
     #[error("payload is {size} bytes; the maximum is {max} bytes (server option --max-payload-bytes)")]
     PayloadTooLarge { size: usize, max: usize },
+    #[error("payload is {size} bytes; queue '{queue}' accepts at most {max} bytes (queue setting max_payload_bytes)")]
+    PayloadTooLargeForQueue { queue: String, size: usize, max: u64 },
     #[error("headers take {size} bytes; the maximum is {max} bytes")]
     HeadersTooLarge { size: usize, max: usize },
     #[error("header names must not be empty")]

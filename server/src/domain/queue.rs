@@ -82,6 +82,9 @@ pub struct QueueSettings {
     /// Failed attempts after which the default failure policy moves a
     /// message to the dead-letter queue.
     pub max_attempts: u32,
+    /// Largest payload this queue accepts, in bytes; 0 = the server's
+    /// maximum (`--max-payload-bytes`), which also caps this.
+    pub max_payload_bytes: u64,
 }
 
 impl Default for QueueSettings {
@@ -90,6 +93,7 @@ impl Default for QueueSettings {
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             quantum: DEFAULT_QUANTUM,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_payload_bytes: 0,
         }
     }
 }

@@ -30,7 +30,14 @@ impl FilaAdmin for AdminApi {
         let scripts = convert::script_sources(req.scripts.unwrap_or_default());
         let info = self
             .broker
-            .create_queue(&req.name, settings.visibility_timeout_ms, settings.quantum, settings.max_attempts, scripts)
+            .create_queue(
+                &req.name,
+                settings.visibility_timeout_ms,
+                settings.quantum,
+                settings.max_attempts,
+                settings.max_payload_bytes,
+                scripts,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateQueueResponse { queue: Some(convert::queue_info(info)) }))
@@ -173,6 +180,7 @@ impl FilaAdmin for AdminApi {
             visibility_timeout_ms: req.visibility_timeout_ms,
             quantum: req.quantum,
             max_attempts: req.max_attempts,
+            max_payload_bytes: req.max_payload_bytes,
             on_enqueue: req.on_enqueue_script,
             on_failure: req.on_failure_script,
         };
@@ -231,5 +239,13 @@ impl FilaAdmin for AdminApi {
     async fn purge(&self, request: Request<pb::PurgeRequest>) -> Result<Response<pb::PurgeResponse>, Status> {
         let purged = self.broker.purge(&request.into_inner().queue).await.map_err(to_status)?;
         Ok(Response::new(pb::PurgeResponse { purged }))
+    }
+
+    async fn get_throttle(
+        &self,
+        request: Request<pb::GetThrottleRequest>,
+    ) -> Result<Response<pb::GetThrottleResponse>, Status> {
+        let info = self.broker.get_throttle(&request.into_inner().throttle_key).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetThrottleResponse { throttle: Some(convert::throttle_info(info)) }))
     }
 }

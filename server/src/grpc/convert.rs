@@ -98,6 +98,7 @@ pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
             visibility_timeout_ms: q.settings.visibility_timeout.as_millis() as u64,
             quantum: q.settings.quantum,
             max_attempts: q.settings.max_attempts,
+            max_payload_bytes: q.settings.max_payload_bytes,
         }),
         depth: q.depth,
         in_flight: q.in_flight,

@@ -36,6 +36,8 @@ struct QueueRecord {
     /// 0 in records written before it existed: the default.
     #[prost(uint32, tag = "5")]
     max_attempts: u32,
+    #[prost(uint64, tag = "8")]
+    max_payload_bytes: u64,
     #[prost(string, optional, tag = "6")]
     on_enqueue_script: Option<String>,
     #[prost(string, optional, tag = "7")]
@@ -104,6 +106,7 @@ impl RocksStore {
                     visibility_timeout: std::time::Duration::from_millis(rec.visibility_timeout_ms),
                     max_attempts: crate::domain::queue::max_attempts_from_wire(rec.max_attempts)
                         .unwrap_or(crate::domain::queue::DEFAULT_MAX_ATTEMPTS),
+                    max_payload_bytes: rec.max_payload_bytes,
                     quantum: crate::domain::queue::quantum_from_wire(rec.quantum)
                         .unwrap_or(crate::domain::queue::DEFAULT_QUANTUM),
                 },
@@ -228,6 +231,7 @@ impl Store for RocksStore {
                         visibility_timeout_ms: def.settings.visibility_timeout.as_millis() as u64,
                         quantum: def.settings.quantum,
                         max_attempts: def.settings.max_attempts,
+                        max_payload_bytes: def.settings.max_payload_bytes,
                         on_enqueue_script: def.scripts.on_enqueue.clone(),
                         on_failure_script: def.scripts.on_failure.clone(),
                     };

@@ -62,6 +62,9 @@ impl<S: Store> Scheduler<S> {
         if let Some(max_attempts) = update.max_attempts {
             settings.max_attempts = max_attempts;
         }
+        if let Some(max_payload_bytes) = update.max_payload_bytes {
+            settings.max_payload_bytes = max_payload_bytes;
+        }
         round.changes.push(Change::PutQueue(queue.def.clone()));
         round.changes.needs_sync = true;
         Ok(Self::info(queue))

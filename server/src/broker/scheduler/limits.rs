@@ -60,6 +60,11 @@ impl<S: Store> Scheduler<S> {
         Ok(())
     }
 
+    pub(super) fn get_throttle(&mut self, key: String, now: Instant) -> Result<ThrottleInfo, BrokerError> {
+        let Some(bucket) = self.throttles.get_mut(&key) else { return Err(ThrottleError::NotFound(key).into()) };
+        Ok(ThrottleInfo { tokens: bucket.tokens(now), blocked: bucket.blocked(), limit: bucket.limit(), key })
+    }
+
     pub(super) fn list_throttles(&mut self, after: Option<String>, limit: usize, now: Instant) -> ThrottlePage {
         let mut throttles: Vec<ThrottleInfo> = self
             .throttles

@@ -28,7 +28,7 @@ use super::{
 use crate::domain::message::{due_unix_millis, unix_millis};
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, ScriptSources,
-    StorageError, ThrottleLimit,
+    StorageError, ThrottleLimit, ValidationError,
 };
 use crate::scripting::{QueueScripts, ScriptLimits};
 use crate::storage::{Change, ChangeSet, QueueDef, Store};
@@ -53,6 +53,7 @@ pub struct PreparedMessage {
     pub weight: u32,
     /// How long before the message may be delivered.
     pub delay: Duration,
+    pub payload_len: usize,
     pub id: MessageId,
     pub record: Bytes,
 }
@@ -109,6 +110,10 @@ pub enum Command {
     RemoveThrottle {
         key: String,
         reply: Reply<Result<(), BrokerError>>,
+    },
+    GetThrottle {
+        key: String,
+        reply: Reply<Result<ThrottleInfo, BrokerError>>,
     },
     ListThrottles {
         after: Option<String>,
@@ -495,6 +500,10 @@ impl<S: Store> Scheduler<S> {
                 let result = self.remove_throttle(key, round);
                 round.answer(reply, result);
             }
+            Command::GetThrottle { key, reply } => {
+                let result = self.get_throttle(key, now);
+                round.answer(reply, result);
+            }
             Command::ListThrottles { after, limit, reply } => {
                 let page = self.list_throttles(after, limit, now);
                 round.answer(reply, page);
@@ -568,6 +577,11 @@ impl<S: Store> Scheduler<S> {
 
     fn enqueue(&mut self, message: PreparedMessage, round: &mut Round) -> Result<MessageId, BrokerError> {
         let queue_id = self.queue_id(&message.queue)?;
+        let max = self.queues[&queue_id].def.settings.max_payload_bytes;
+        if max > 0 && message.payload_len as u64 > max {
+            let queue = message.queue.to_string();
+            return Err(ValidationError::PayloadTooLargeForQueue { queue, size: message.payload_len, max }.into());
+        }
         let message = self.apply_on_enqueue(queue_id, message);
         if !message.delay.is_zero() {
             let due_ms = due_unix_millis(message.delay);
