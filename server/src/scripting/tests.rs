@@ -884,3 +884,37 @@ fn gsub_results_count_against_the_memory_limit() {
     let result = test_on_enqueue(source, &msg, &NoConfig, limits);
     assert!(matches!(result, Err(ScriptError::Memory { .. })), "{result:?}");
 }
+
+mod random_patterns {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lua string literal for arbitrary bytes.
+    fn literal(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("\\{b}")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Random short patterns (mostly special characters) against random
+        /// subjects: the budgeted functions answer exactly what Lua's own
+        /// do, errors included, and never panic.
+        #[test]
+        fn match_stock_lua(
+            pattern in proptest::collection::vec(proptest::sample::select(b"ab()%[]^$*+-?.1fb".to_vec()), 0..9),
+            subject in proptest::collection::vec(proptest::sample::select(b"ab()[]-".to_vec()), 0..12),
+            init in -3i64..5,
+        ) {
+            let (p, s) = (literal(&pattern), literal(&subject));
+            assert_same_as_stock_lua(&[
+                &format!(r#"return string.find("{s}", "{p}", {init})"#),
+                &format!(r#"return string.match("{s}", "{p}", {init})"#),
+                &format!(r#"local r = {{}} for a, b in string.gmatch("{s}", "{p}") do r[#r + 1] = {{ a, b }} end return r"#),
+                &format!(r#"return string.gsub("{s}", "{p}", "<%0>")"#),
+                &format!(r#"return string.gsub("{s}", "{p}", function(x) return x .. "!" end, 2)"#),
+            ]);
+        }
+    }
+}
