@@ -16,7 +16,8 @@ pub enum BreakerState {
     Closed,
     /// Calls are skipped until the cool-down has passed.
     Open,
-    /// The cool-down has passed; the next call is a trial.
+    /// The cool-down has passed: the next call is a trial, which closes the
+    /// breaker if it succeeds and reopens it if it fails.
     HalfOpen,
 }
 
@@ -127,8 +128,15 @@ impl Breaker {
         }
     }
 
-    pub(super) fn stats(&self) -> HookStats {
-        self.stats
+    /// The counters, and the breaker's state as of `now`: an open breaker
+    /// whose cool-down has passed shows as half-open (its next call is the
+    /// trial).
+    pub(super) fn stats(&self, now: Instant) -> HookStats {
+        let mut stats = self.stats;
+        if self.state == BreakerState::Open && self.open_until.is_some_and(|until| now >= until) {
+            stats.breaker = BreakerState::HalfOpen;
+        }
+        stats
     }
 
     fn set_state(&mut self, state: BreakerState) {
@@ -150,15 +158,15 @@ mod tests {
         for outcome in [Outcome::Error, Outcome::Timeout] {
             assert!(b.admit(t0));
             b.record(outcome, t0);
-            assert_eq!(b.stats().breaker, BreakerState::Closed);
+            assert_eq!(b.stats(t0).breaker, BreakerState::Closed);
         }
         assert!(b.admit(t0));
         b.record(Outcome::Memory, t0);
-        let stats = b.stats();
+        let stats = b.stats(t0);
         assert_eq!(stats.breaker, BreakerState::Open);
         assert_eq!((stats.calls, stats.errors, stats.timeouts, stats.memory_errors), (3, 1, 1, 1));
         assert!(!b.admit(t0 + COOLDOWN - Duration::from_millis(1)));
-        assert_eq!(b.stats().skipped, 1);
+        assert_eq!(b.stats(t0).skipped, 1);
     }
 
     #[test]
@@ -169,8 +177,8 @@ mod tests {
             assert!(b.admit(t0));
             b.record(outcome, t0);
         }
-        assert_eq!(b.stats().breaker, BreakerState::Closed);
-        assert_eq!(b.stats().consecutive_failures, 2);
+        assert_eq!(b.stats(t0).breaker, BreakerState::Closed);
+        assert_eq!(b.stats(t0).consecutive_failures, 2);
     }
 
     #[test]
@@ -181,19 +189,23 @@ mod tests {
             b.admit(t0);
             b.record(Outcome::Error, t0);
         }
-        // Trial fails: open for another full cool-down from the trial.
         let t1 = t0 + COOLDOWN;
+        assert_eq!(b.stats(t1 - Duration::from_millis(1)).breaker, BreakerState::Open);
+        // Once the cool-down is over the breaker shows half-open: the next
+        // call is the trial.
+        assert_eq!(b.stats(t1).breaker, BreakerState::HalfOpen);
+        // Trial fails: open for another full cool-down from the trial.
         assert!(b.admit(t1));
-        assert_eq!(b.stats().breaker, BreakerState::HalfOpen);
         b.record(Outcome::Error, t1);
-        assert_eq!(b.stats().breaker, BreakerState::Open);
+        assert_eq!(b.stats(t1).breaker, BreakerState::Open);
         assert!(!b.admit(t1 + COOLDOWN / 2));
         // Trial succeeds: closed.
         let t2 = t1 + COOLDOWN;
+        assert_eq!(b.stats(t2).breaker, BreakerState::HalfOpen);
         assert!(b.admit(t2));
         b.record(Outcome::Success, t2);
-        assert_eq!(b.stats().breaker, BreakerState::Closed);
-        assert_eq!(b.stats().consecutive_failures, 0);
+        assert_eq!(b.stats(t2).breaker, BreakerState::Closed);
+        assert_eq!(b.stats(t2).consecutive_failures, 0);
         assert!(b.admit(t2));
     }
 }

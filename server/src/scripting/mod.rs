@@ -252,7 +252,7 @@ impl QueueScripts {
 
     /// Counters and breaker state of `hook`; `None` without a script.
     pub fn stats(&self, hook: ScriptHook) -> Option<HookStats> {
-        self.hook(hook).map(|h| h.breaker.stats())
+        self.hook(hook).map(|h| h.breaker.stats(Instant::now()))
     }
 
     pub fn limits(&self) -> &ScriptLimits {

@@ -223,7 +223,7 @@ fn breaker_opens_after_three_failures_and_recovers_after_cooldown() {
             return { weight = 2 }
         end
     "#;
-    let cooldown = Duration::from_millis(40);
+    let cooldown = Duration::from_millis(200);
     let limits = ScriptLimits { breaker_cooldown: cooldown, ..ScriptLimits::default() };
     let mut scripts = QueueScripts::compile(Some(source), None, limits).unwrap();
     let h = headers(&[]);
@@ -242,6 +242,7 @@ fn breaker_opens_after_three_failures_and_recovers_after_cooldown() {
 
     // Half-open trial fails: open again.
     std::thread::sleep(cooldown.saturating_sub(opened.elapsed()) + Duration::from_millis(5));
+    assert_eq!(scripts.stats(ScriptHook::OnEnqueue).unwrap().breaker, BreakerState::HalfOpen);
     assert!(matches!(scripts.on_enqueue(&msg, &failing), Err(ScriptError::Runtime { .. })));
     assert_eq!(scripts.stats(ScriptHook::OnEnqueue).unwrap().breaker, BreakerState::Open);
     assert!(matches!(scripts.on_enqueue(&msg, &healthy), Err(ScriptError::BreakerOpen { .. })));
