@@ -169,6 +169,8 @@ pub struct QueueStats {
     pub active_keys: u64,
     pub tracked_keys: u64,
     pub keys: Vec<KeyStats>,
+    /// Messages in the queue's dead-letter queue.
+    pub dead_lettered: u64,
 }
 
 impl From<pb::GetQueueStatsResponse> for QueueStats {
@@ -177,6 +179,7 @@ impl From<pb::GetQueueStatsResponse> for QueueStats {
             queue: s.queue.map(QueueInfo::from).unwrap_or_else(|| QueueInfo::from(pb::QueueInfo::default())),
             active_keys: s.active_keys,
             tracked_keys: s.tracked_keys,
+            dead_lettered: s.dead_lettered,
             keys: s
                 .keys
                 .into_iter()

@@ -67,6 +67,7 @@ async fn nacked_messages_back_off_then_go_to_the_dead_letter_queue_with_their_hi
     }
     assert_no_delivery(&mut stream, Duration::from_millis(500)).await;
     assert_eq!(info(&client, "jobs").await.depth, 0);
+    assert_eq!(client.queue_stats("jobs", None).await.unwrap().dead_lettered, 1);
 
     let mut dead = client.lease("jobs.dlq", window(10)).await.unwrap();
     let d = next_delivery(&mut dead, WAIT).await;

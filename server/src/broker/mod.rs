@@ -99,6 +99,8 @@ pub struct QueueStats {
     pub tracked_keys: u64,
     /// Up to the requested number of keys, most pending first.
     pub keys: Vec<KeyStats>,
+    /// Messages in the queue's dead-letter queue.
+    pub dead_lettered: u64,
 }
 
 /// A throttle key's limit and live bucket.

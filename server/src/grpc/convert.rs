@@ -122,6 +122,7 @@ pub fn queue_stats(s: QueueStats) -> pb::GetQueueStatsResponse {
         queue: Some(queue_info(s.info)),
         active_keys: s.active_keys,
         tracked_keys: s.tracked_keys,
+        dead_lettered: s.dead_lettered,
         keys: s
             .keys
             .into_iter()

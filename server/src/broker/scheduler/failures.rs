@@ -29,8 +29,7 @@ impl<S: Store> Scheduler<S> {
         let Some(queue) = self.queues.get(&queue_id) else { return Ok(()) };
         let name = QueueName::parse(&queue.def.name).expect("stored queue names are valid");
         let max_attempts = queue.def.settings.max_attempts;
-        let dead_letter_queue =
-            if name.is_dead_letter() { None } else { self.names.get(name.dead_letter().as_str()).copied() };
+        let dead_letter_queue = self.dead_letter_queue_of(&name);
         let action = self
             .ask_on_failure(queue_id, &record)
             .unwrap_or_else(|| default_action(record.failures, max_attempts, dead_letter_queue.is_some()));

@@ -153,12 +153,8 @@ impl<S: Store> Scheduler<S> {
             return Ok(e);
         }
         let Some(entry) = self.store.locate(queue_id, message)? else {
-            let dead = (!name.is_dead_letter())
-                .then(|| self.names.get(name.dead_letter().as_str()).copied())
-                .flatten()
-                .map(|dlq| self.store.locate(dlq, message))
-                .transpose()?
-                .flatten();
+            let dead =
+                self.dead_letter_queue_of(name).map(|dlq| self.store.locate(dlq, message)).transpose()?.flatten();
             return Ok(match dead {
                 Some(_) => Explanation::new(
                     ExplainState::DeadLettered,

@@ -109,11 +109,11 @@ impl<S: Store> Scheduler<S> {
 
     pub(super) fn queue_stats(
         &self,
-        queue: &QueueName,
+        name: &QueueName,
         max_keys: usize,
         now: Instant,
     ) -> Result<QueueStats, BrokerError> {
-        let queue = &self.queues[&self.queue_id(queue)?];
+        let queue = &self.queues[&self.queue_id(name)?];
         let mut keys: Vec<KeyStats> = queue
             .keys
             .iter()
@@ -137,6 +137,7 @@ impl<S: Store> Scheduler<S> {
             keys.truncate(max_keys);
         }
         keys.sort_unstable_by(by_pending);
-        Ok(QueueStats { info: Self::info(queue), active_keys, tracked_keys, keys })
+        let dead_lettered = self.dead_letter_queue_of(name).map_or(0, |id| self.queues[&id].depth());
+        Ok(QueueStats { info: Self::info(queue), active_keys, tracked_keys, keys, dead_lettered })
     }
 }

@@ -565,6 +565,15 @@ impl<S: Store> Scheduler<S> {
         }
     }
 
+    /// The dead-letter queue of `name`, if it has one (dead-letter queues
+    /// have none).
+    fn dead_letter_queue_of(&self, name: &QueueName) -> Option<QueueId> {
+        if name.is_dead_letter() {
+            return None;
+        }
+        self.names.get(name.dead_letter().as_str()).copied()
+    }
+
     fn queue_id(&self, name: &QueueName) -> Result<QueueId, BrokerError> {
         self.names.get(name.as_str()).copied().ok_or_else(|| QueueError::NotFound(name.to_string()).into())
     }
