@@ -61,8 +61,9 @@ pub(super) const GLOBALS: &[&str] = &[
     "fila",
 ];
 
-/// Runs once in every VM, before the script, with the config slot and the
-/// budget's `expired` check as arguments.
+/// Runs once in every VM, before the script, with the config slot, the
+/// budget's `expired` check and the Rust halves of `fila.json_decode` and the
+/// pattern functions as arguments.
 const SETUP: &str = r##"
 local slot, expired, raw_json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
 local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
@@ -181,8 +182,12 @@ end
 
 -- slot[1] is the current call's configuration reader (see Vm::call); this
 -- wrapper stays valid even if a script keeps a reference to fila.get.
-function fila.get(key) return ret(slot[1](key)) end
-function fila.json_decode(text) return ret(raw_json_decode(text)) end
+local function one(ok, value, level)
+  if ok then return value end
+  error(value, level)
+end
+function fila.get(key) return one(slot[1](key)) end
+function fila.json_decode(text) return one(raw_json_decode(text)) end
 "##;
 
 /// Calls a hook with a `msg` table built in Lua from the fields the broker

@@ -487,6 +487,14 @@ fn fila_get_reads_the_config_of_the_call() {
     assert!(
         runtime_message(enqueue("function on_enqueue(msg) fila.get(5) end")).contains("fila.get expects a string key")
     );
+    // Exactly one value, like any function returning one.
+    let source = r##"function on_enqueue(msg)
+        local t = {}
+        table.insert(t, fila.get("missing") or "x")
+        table.insert(t, fila.json_decode("1"))
+        return { weight = select("#", fila.get("missing")) + select("#", fila.json_decode("2")) + #t }
+    end"##;
+    assert_eq!(enqueue(source).unwrap().weight, Some(4));
 }
 
 #[test]
