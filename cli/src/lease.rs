@@ -1,11 +1,9 @@
 //! `fila lease`: tail a queue's deliveries, optionally acking or nacking
 //! each one.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use base64::Engine;
 use clap::Args;
 use fila_sdk::{Client, Delivery, LeaseOptions};
 use futures::{FutureExt, StreamExt};
@@ -14,6 +12,7 @@ use serde::Serialize;
 use crate::cli::{parse_duration, Context};
 use crate::failure::Failure;
 use crate::output::{self, write_json};
+use crate::peek::MessageJson;
 
 /// The broker's default window, used to size the window under `--limit`.
 const DEFAULT_MAX_IN_FLIGHT: u32 = 100;
@@ -66,51 +65,15 @@ enum Settle {
     Nack(String),
 }
 
-/// A delivery as printed with `--output json`.
+/// A delivery as printed with `--output json`: the message's fields (as
+/// `fila peek` prints them) plus its lease.
 #[derive(Debug, Serialize)]
 struct DeliveryJson<'a> {
-    id: &'a str,
-    queue: &'a str,
-    fairness_key: &'a str,
-    weight: u32,
-    throttle_keys: &'a [String],
-    attempt: u32,
-    /// The error of the latest failed attempt; empty before any failure.
-    last_error: &'a str,
-    headers: BTreeMap<&'a str, &'a str>,
-    /// The payload as UTF-8 (invalid bytes replaced by U+FFFD).
-    payload: String,
-    /// The exact payload, only when it is not valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload_base64: Option<String>,
-    payload_size: usize,
-    enqueued_at: String,
+    #[serde(flatten)]
+    message: MessageJson<'a>,
     leased_at: String,
     lease_deadline: String,
     lease_token: &'a str,
-}
-
-impl<'a> From<&'a Delivery> for DeliveryJson<'a> {
-    fn from(d: &'a Delivery) -> Self {
-        let utf8 = std::str::from_utf8(&d.payload).is_ok();
-        DeliveryJson {
-            id: &d.id,
-            queue: &d.queue,
-            fairness_key: &d.fairness_key,
-            weight: d.weight,
-            throttle_keys: &d.throttle_keys,
-            attempt: d.attempt,
-            last_error: &d.last_error,
-            headers: d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-            payload: String::from_utf8_lossy(&d.payload).into_owned(),
-            payload_base64: (!utf8).then(|| base64::engine::general_purpose::STANDARD.encode(&d.payload)),
-            payload_size: d.payload.len(),
-            enqueued_at: output::timestamp(d.enqueued_at),
-            leased_at: output::timestamp(d.leased_at),
-            lease_deadline: output::timestamp(d.lease_deadline),
-            lease_token: &d.lease_token,
-        }
-    }
 }
 
 /// Prints deliveries, one line each.
@@ -123,7 +86,14 @@ impl Printer {
     fn print(&mut self, d: &Delivery) -> Result<(), Failure> {
         let mut out = std::io::stdout().lock();
         if self.json {
-            write_json(&mut out, &DeliveryJson::from(d))?;
+            let message = d.message();
+            let json = DeliveryJson {
+                message: MessageJson::from(&message),
+                leased_at: output::timestamp(d.leased_at),
+                lease_deadline: output::timestamp(d.lease_deadline),
+                lease_token: &d.lease_token,
+            };
+            write_json(&mut out, &json)?;
         } else {
             self.key_width = self.key_width.max(d.fairness_key.chars().count()).min(MAX_KEY_WIDTH);
             writeln!(

@@ -40,7 +40,7 @@ pub struct PeekArgs {
 
 /// A message as printed with `--output json` (one per line).
 #[derive(Debug, Serialize)]
-struct MessageJson<'a> {
+pub struct MessageJson<'a> {
     id: &'a str,
     queue: &'a str,
     fairness_key: &'a str,

@@ -223,6 +223,24 @@ pub(crate) fn system_time(t: Option<prost_types::Timestamp>) -> SystemTime {
 }
 
 impl Delivery {
+    /// The message this delivery carries, without its lease.
+    pub fn message(&self) -> Message {
+        Message {
+            id: self.id.clone(),
+            queue: self.queue.clone(),
+            headers: self.headers.clone(),
+            payload: self.payload.clone(),
+            fairness_key: self.fairness_key.clone(),
+            weight: self.weight,
+            throttle_keys: self.throttle_keys.clone(),
+            attempt: self.attempt,
+            last_error: self.last_error.clone(),
+            enqueued_at: self.enqueued_at,
+        }
+    }
+}
+
+impl Delivery {
     pub(crate) fn from_proto(d: pb::Delivery) -> Self {
         let message = d.message.unwrap_or_default();
         let leased_at = system_time(message.timestamps.as_ref().and_then(|t| t.leased_at));
