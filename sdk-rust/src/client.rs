@@ -191,11 +191,8 @@ impl Client {
 
     /// One throttle key's limit and live bucket; `None` if it has no limit.
     pub async fn get_throttle(&self, key: &str) -> Result<Option<ThrottleInfo>, Error> {
-        match self.admin.clone().get_throttle(pb::GetThrottleRequest { throttle_key: key.to_owned() }).await {
-            Ok(response) => Ok(response.into_inner().throttle.map(ThrottleInfo::from)),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(status.into()),
-        }
+        let response = self.admin.clone().get_throttle(pb::GetThrottleRequest { throttle_key: key.to_owned() }).await;
+        Ok(found(response)?.and_then(|r| r.into_inner().throttle.map(ThrottleInfo::from)))
     }
 
     /// Removes a throttle key's limit.
@@ -357,11 +354,8 @@ impl Client {
 
     /// Reads a configuration value; `None` if the key is not set.
     pub async fn get_config(&self, key: &str) -> Result<Option<String>, Error> {
-        match self.admin.clone().get_config(pb::GetConfigRequest { key: key.to_owned() }).await {
-            Ok(response) => Ok(Some(response.into_inner().value)),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(status.into()),
-        }
+        let response = self.admin.clone().get_config(pb::GetConfigRequest { key: key.to_owned() }).await;
+        Ok(found(response)?.map(|r| r.into_inner().value))
     }
 
     /// Lists configuration entries whose key starts with `prefix`, following
@@ -379,6 +373,15 @@ impl Client {
     pub async fn delete_config(&self, key: &str) -> Result<(), Error> {
         self.admin.clone().delete_config(pb::DeleteConfigRequest { key: key.to_owned() }).await?;
         Ok(())
+    }
+}
+
+/// A lookup's answer, with NOT_FOUND as `None`.
+fn found<T>(response: Result<T, tonic::Status>) -> Result<Option<T>, Error> {
+    match response {
+        Ok(value) => Ok(Some(value)),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(status.into()),
     }
 }
 

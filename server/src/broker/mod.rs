@@ -320,10 +320,6 @@ impl Broker {
         Ok((Broker { commands, options }, stopped_rx))
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.options.limits
-    }
-
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).map_err(|_| BrokerError::Stopped)?;

@@ -60,6 +60,15 @@ impl Default for KeyState {
     }
 }
 
+impl LaneState {
+    /// The sequence after which this lane's ready messages start: before the
+    /// read-ahead buffer if it holds any (leased messages come before it),
+    /// else the cursor.
+    pub fn ready_after(&self) -> u64 {
+        self.buffer.front().map_or(self.cursor, |m| m.seq - 1)
+    }
+}
+
 impl KeyState {
     pub fn lane_mut(&mut self, throttle: &ThrottleSet) -> Option<&mut LaneState> {
         self.lanes.iter_mut().find(|l| l.lane.throttle == *throttle)
@@ -111,7 +120,7 @@ impl QueueState {
 
     /// The weight DRR uses for `key`.
     pub fn weight_of(&self, key: &str, state: &KeyState) -> u32 {
-        self.weight_overrides.get(key).copied().unwrap_or(state.message_weight)
+        effective_weight(&self.weight_overrides, key, state)
     }
 
     /// Records `count` new ready messages of a lane (committed to storage
@@ -192,6 +201,12 @@ impl QueueState {
     pub fn depth(&self) -> u64 {
         self.pending + self.in_flight + self.delayed
     }
+}
+
+/// A key's weight: an operator override wins over message weights. (A free
+/// function so the dispatcher can call it while it holds the key's state.)
+pub fn effective_weight(overrides: &HashMap<Arc<str>, u32>, key: &str, state: &KeyState) -> u32 {
+    overrides.get(key).copied().unwrap_or(state.message_weight)
 }
 
 #[cfg(test)]

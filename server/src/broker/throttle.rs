@@ -64,14 +64,13 @@ impl TokenBucket {
 
     /// `Ok` if a token is available now, else how long until one is.
     pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
-        self.refill(now);
-        if self.tokens >= 1.0 {
+        let wait = self.time_to_token(now);
+        if wait.is_zero() {
             return Ok(());
         }
         self.blocked += 1;
-        let missing = 1.0 - self.tokens;
         // Rounded up so the wake-up never comes before the token.
-        Err(Duration::from_secs_f64(missing / self.limit.rate_per_second) + Duration::from_micros(1))
+        Err(wait + Duration::from_micros(1))
     }
 
     /// Takes one token; call only after a successful [`TokenBucket::check`].
@@ -99,14 +98,6 @@ impl Throttles {
     /// Removes a limit; returns whether there was one.
     pub fn remove(&mut self, key: &str) -> bool {
         self.buckets.remove(key).is_some()
-    }
-
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut TokenBucket> {

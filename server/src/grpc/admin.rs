@@ -56,7 +56,7 @@ impl FilaAdmin for AdminApi {
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let req = request.into_inner();
-        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let after = page_after(req.page_token);
         let page = self.broker.list_queues(after, req.page_size).await.map_err(to_status)?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: page.queues.into_iter().map(convert::queue_info).collect(),
@@ -106,7 +106,7 @@ impl FilaAdmin for AdminApi {
         request: Request<pb::ListThrottlesRequest>,
     ) -> Result<Response<pb::ListThrottlesResponse>, Status> {
         let req = request.into_inner();
-        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let after = page_after(req.page_token);
         let page = self.broker.list_throttles(after, req.page_size).await.map_err(to_status)?;
         Ok(Response::new(pb::ListThrottlesResponse {
             throttles: page.throttles.into_iter().map(convert::throttle_info).collect(),
@@ -136,7 +136,7 @@ impl FilaAdmin for AdminApi {
         request: Request<pb::ListConfigRequest>,
     ) -> Result<Response<pb::ListConfigResponse>, Status> {
         let req = request.into_inner();
-        let after = Some(req.page_token).filter(|t| !t.is_empty());
+        let after = page_after(req.page_token);
         let page = self.broker.list_config(req.prefix, after, req.page_size).await.map_err(to_status)?;
         Ok(Response::new(pb::ListConfigResponse {
             entries: page.entries.into_iter().map(|(key, value)| pb::ConfigEntry { key, value }).collect(),
@@ -248,4 +248,10 @@ impl FilaAdmin for AdminApi {
         let info = self.broker.get_throttle(&request.into_inner().throttle_key).await.map_err(to_status)?;
         Ok(Response::new(pb::GetThrottleResponse { throttle: Some(convert::throttle_info(info)) }))
     }
+}
+
+/// A request's page token as "continue after this name" (empty = from the
+/// start).
+fn page_after(token: String) -> Option<String> {
+    Some(token).filter(|t| !t.is_empty())
 }

@@ -199,7 +199,6 @@ struct CompiledHook {
 pub struct QueueScripts {
     on_enqueue: Option<CompiledHook>,
     on_failure: Option<CompiledHook>,
-    limits: ScriptLimits,
 }
 
 impl std::fmt::Debug for QueueScripts {
@@ -207,7 +206,6 @@ impl std::fmt::Debug for QueueScripts {
         f.debug_struct("QueueScripts")
             .field("on_enqueue", &self.on_enqueue.is_some())
             .field("on_failure", &self.on_failure.is_some())
-            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -235,7 +233,6 @@ impl QueueScripts {
         Ok(QueueScripts {
             on_enqueue: load(ScriptHook::OnEnqueue, on_enqueue)?,
             on_failure: load(ScriptHook::OnFailure, on_failure)?,
-            limits,
         })
     }
 
@@ -253,10 +250,6 @@ impl QueueScripts {
     /// Counters and breaker state of `hook`; `None` without a script.
     pub fn stats(&self, hook: ScriptHook) -> Option<HookStats> {
         self.hook(hook).map(|h| h.breaker.stats(Instant::now()))
-    }
-
-    pub fn limits(&self) -> &ScriptLimits {
-        &self.limits
     }
 
     /// Runs `on_enqueue` for `msg`. Without an `on_enqueue` script the

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Scheduler, MAX_FRAME_BYTES, MAX_FRAME_DELIVERIES, READ_AHEAD, READ_AHEAD_BUDGET_BYTES};
 use crate::broker::consumers::{Consumer, ConsumerEvent, ConsumerId};
-use crate::broker::queue_state::KeyState;
+use crate::broker::queue_state::{effective_weight, KeyState};
 use crate::broker::throttle::Throttles;
 use crate::broker::Delivery;
 use crate::domain::{QueueId, StorageError};
@@ -28,8 +28,8 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
             };
-            let weight = queue.weight_of(&key, &queue.keys[&key]);
             let key_state = queue.keys.get_mut(&key).expect("keys in the rotation have state");
+            let weight = effective_weight(&queue.weight_overrides, &key, key_state);
             queue.drr.start_turn(&mut key_state.credit, weight);
             let mut miscounted = 0;
             let pick = pick_lane(queue_id, key_state, &*store, throttles, buffered_bytes, now, &mut miscounted)?;

@@ -152,9 +152,7 @@ impl<S: Store> Scheduler<S> {
         'keys: for key in keys {
             let state = queue.keys.get_mut(&key).expect("listed above");
             for lane in state.lanes.iter_mut().filter(|l| l.pending > 0) {
-                if let Some(front) = lane.buffer.front() {
-                    lane.cursor = front.seq - 1;
-                }
+                lane.cursor = lane.ready_after();
                 *buffered_bytes -= lane.buffer.drain(..).map(|m| m.record.len()).sum::<usize>();
                 let mut read = Vec::new();
                 let want = (lane.pending as usize).min(limit - taken.len());

@@ -94,8 +94,7 @@ impl<S: Store> Scheduler<S> {
             }
             let mut messages: Vec<StoredMessage> = Vec::new();
             for lane in queue.keys[key].lanes.iter().filter(|l| l.pending > 0) {
-                // Buffered messages are still ready; leased ones come before them.
-                let start = lane.buffer.front().map_or(lane.cursor, |m| m.seq - 1);
+                let start = lane.ready_after();
                 self.store.read_ready(id, &lane.lane, start, want, &mut messages)?;
             }
             messages.sort_by_key(|m| m.seq);
@@ -182,7 +181,7 @@ impl<S: Store> Scheduler<S> {
         };
         let mut ahead = 0;
         for lane in state.lanes.iter().filter(|l| l.pending > 0) {
-            let start = lane.buffer.front().map_or(lane.cursor, |m| m.seq - 1);
+            let start = lane.ready_after();
             ahead += self.store.count_between(queue_id, &lane.lane, start, entry.seq, MAX_AHEAD_COUNTED)?;
         }
         let mut explanation = key_state(queue, key, state, &mut self.throttles, now);
