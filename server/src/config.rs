@@ -11,10 +11,14 @@ use serde::Deserialize;
 use crate::domain::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADERS_BYTES};
 use crate::domain::Limits;
 use crate::scripting::ScriptLimits;
+use crate::telemetry::TelemetryConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5555";
 pub const DEFAULT_DATA_DIR: &str = "fila-data";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_OTLP_METRICS_INTERVAL_MS: u64 = 10_000;
+pub const DEFAULT_METRICS_MAX_KEYS: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +76,23 @@ pub struct Settings {
     /// Log format [default: text].
     #[arg(long, env = "FILA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address of the Prometheus endpoint (GET /metrics), or `off`
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, env = "FILA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Most labelled series per fairness-key metric and per throttle-key
+    /// metric; further keys are summed into one series labelled `_other`
+    /// [default: 1000].
+    #[arg(long, env = "FILA_METRICS_MAX_KEYS")]
+    pub metrics_max_keys: Option<usize>,
+    /// OTLP/gRPC collector to push metrics and traces to, e.g.
+    /// http://localhost:4317 [default: none; also read from
+    /// OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, env = "FILA_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP, in milliseconds [default: 10000].
+    #[arg(long, env = "FILA_OTLP_METRICS_INTERVAL_MS")]
+    pub otlp_metrics_interval_ms: Option<u64>,
 }
 
 impl Settings {
@@ -89,6 +110,10 @@ impl Settings {
             script_memory_bytes: self.script_memory_bytes.or(other.script_memory_bytes),
             log: self.log.or(other.log),
             log_format: self.log_format.or(other.log_format),
+            metrics_listen: self.metrics_listen.or(other.metrics_listen),
+            metrics_max_keys: self.metrics_max_keys.or(other.metrics_max_keys),
+            otlp_endpoint: self.otlp_endpoint.or(other.otlp_endpoint),
+            otlp_metrics_interval_ms: self.otlp_metrics_interval_ms.or(other.otlp_metrics_interval_ms),
         }
     }
 }
@@ -104,6 +129,7 @@ pub struct ServerConfig {
     pub script_limits: ScriptLimits,
     pub log: String,
     pub log_format: LogFormat,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +176,9 @@ impl ServerConfig {
                 "script_timeout_ms must be at least 1 and script_memory_bytes at least 262144".into(),
             ));
         }
+        let telemetry = telemetry_config(&s)?;
         Ok(ServerConfig {
+            telemetry,
             script_limits,
             listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -161,6 +189,37 @@ impl ServerConfig {
             log_format: s.log_format.unwrap_or(LogFormat::Text),
         })
     }
+}
+
+fn telemetry_config(s: &Settings) -> Result<TelemetryConfig, ConfigError> {
+    let metrics_listen = match s.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
+        "off" => None,
+        addr => Some(addr.parse().map_err(|_| {
+            ConfigError::Invalid(format!("metrics_listen must be an address like 127.0.0.1:9464, or off; got '{addr}'"))
+        })?),
+    };
+    let otlp_endpoint = s
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty());
+    if let Some(endpoint) = &otlp_endpoint {
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err(ConfigError::Invalid(format!(
+                "otlp_endpoint must be an http:// or https:// URL such as http://localhost:4317; got '{endpoint}'"
+            )));
+        }
+    }
+    let interval_ms = s.otlp_metrics_interval_ms.unwrap_or(DEFAULT_OTLP_METRICS_INTERVAL_MS);
+    if interval_ms == 0 {
+        return Err(ConfigError::Invalid("otlp_metrics_interval_ms must be at least 1".into()));
+    }
+    Ok(TelemetryConfig {
+        metrics_listen,
+        otlp_endpoint,
+        otlp_metrics_interval: Duration::from_millis(interval_ms),
+        max_key_series: s.metrics_max_keys.unwrap_or(DEFAULT_METRICS_MAX_KEYS),
+    })
 }
 
 fn read_file(path: &Path) -> Result<Settings, ConfigError> {

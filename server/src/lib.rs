@@ -3,7 +3,8 @@
 //!
 //! Layers, from the inside out: `domain` (vocabulary and errors), `storage`
 //! (RocksDB behind a trait), `broker` (the single-threaded scheduler),
-//! `grpc` (thin transport adapters) and `server` (wiring).
+//! `grpc` (thin transport adapters) and `server` (wiring); `telemetry`
+//! turns what the broker reports into OpenTelemetry metrics and traces.
 
 pub mod broker;
 pub mod config;
@@ -12,3 +13,4 @@ pub mod grpc;
 pub mod scripting;
 pub mod server;
 pub mod storage;
+pub mod telemetry;

@@ -12,8 +12,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::broker::{Broker, BrokerOptions};
 use crate::config::ServerConfig;
 use crate::domain::BrokerError;
-use crate::grpc::{AdminApi, HotPathApi};
+use crate::grpc::{AdminApi, HotPathApi, RpcMetricsLayer};
 use crate::storage::RocksStore;
+use crate::telemetry::Telemetry;
 
 /// Why the server stopped serving.
 enum Stop {
@@ -29,8 +30,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
     let store = RocksStore::open(&config.data_dir, config.sync_writes)
         .map_err(|e| format!("cannot open data directory {}: {e}", config.data_dir.display()))?;
-    let (broker, stopped) =
-        Broker::start(store, BrokerOptions { limits: config.limits, script_limits: config.script_limits })?;
+    let telemetry = Telemetry::start(&config.telemetry)?;
+    let (broker, stopped) = Broker::start(
+        store,
+        BrokerOptions { limits: config.limits, script_limits: config.script_limits },
+        telemetry.observer(),
+    )?;
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -47,6 +52,19 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fila_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+
+    let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
+    let metrics_server = match (config.telemetry.metrics_listen, telemetry.prometheus_registry()) {
+        (Some(addr), Some(registry)) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+            tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            Some(tokio::spawn(crate::telemetry::serve_prometheus(listener, registry, async {
+                let _ = metrics_stopped.await;
+            })))
+        }
+        _ => None,
+    };
 
     let (stop_tx, stop_rx) = oneshot::channel();
     let shutdown = {
@@ -67,12 +85,22 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
     let max = config.max_request_bytes;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), sync_writes = config.sync_writes, "fila-server is serving");
     tonic::transport::Server::builder()
+        .layer(RpcMetricsLayer::new(telemetry.meter()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(FilaServiceServer::new(HotPathApi::new(broker.clone())).max_decoding_message_size(max))
+        .add_service(
+            FilaServiceServer::new(HotPathApi::new(broker.clone(), telemetry.hot_path()))
+                .max_decoding_message_size(max),
+        )
         .add_service(FilaAdminServer::new(AdminApi::new(broker.clone())).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    let _ = metrics_stop.send(());
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    // Flushing exporters blocks; keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
 
     match stop_rx.await {
         Ok(Stop::BrokerFailed(error)) => {

@@ -19,6 +19,8 @@ use fila_sdk::Client;
 pub struct TestServer {
     child: Option<Child>,
     pub addr: String,
+    /// The Prometheus endpoint's address, unless the test turned it off.
+    pub metrics_addr: Option<String>,
     data_dir: PathBuf,
     extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
@@ -62,11 +64,22 @@ impl TestServer {
 
     pub async fn start_with(args: &[&str]) -> Self {
         let temp = tempfile::tempdir().unwrap();
+        // Each server gets its own metrics port unless the test picks one.
+        let mut extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let metrics_addr = match args.iter().position(|a| *a == "--metrics-listen") {
+            Some(i) => args.get(i + 1).filter(|a| **a != "off").map(|a| a.to_string()),
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                extra_args.extend(["--metrics-listen".to_string(), addr.clone()]);
+                Some(addr)
+            }
+        };
         let mut server = TestServer {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr,
             data_dir: temp.path().join("data"),
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             _temp: Some(temp),
         };
         server.spawn().await;

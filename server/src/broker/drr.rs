@@ -20,11 +20,15 @@ pub struct Credit {
 pub struct Drr<K> {
     rotation: VecDeque<K>,
     quantum: u64,
+    /// Completed rounds (about one turn per key in the rotation), for
+    /// metrics.
+    rounds: u64,
+    turns_this_round: usize,
 }
 
 impl<K: Clone> Drr<K> {
     pub fn new(quantum: u32) -> Self {
-        Drr { rotation: VecDeque::new(), quantum: u64::from(quantum.max(1)) }
+        Drr { rotation: VecDeque::new(), quantum: u64::from(quantum.max(1)), rounds: 0, turns_this_round: 0 }
     }
 
     pub fn set_quantum(&mut self, quantum: u32) {
@@ -56,11 +60,23 @@ impl<K: Clone> Drr<K> {
         self.rotation.front()
     }
 
-    /// Grants the front key its credit if its turn is just starting.
-    pub fn start_turn(&self, credit: &mut Credit, weight: u32) {
+    /// Grants the front key its credit if its turn is just starting. A
+    /// round is counted once as many turns have started as there are keys
+    /// in the rotation.
+    pub fn start_turn(&mut self, credit: &mut Credit, weight: u32) {
         if credit.deficit == 0 {
             credit.deficit = self.quantum * u64::from(weight.max(1));
+            self.turns_this_round += 1;
+            if self.turns_this_round >= self.rotation.len() {
+                self.rounds += 1;
+                self.turns_this_round = 0;
+            }
         }
+    }
+
+    /// Rounds completed so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds
     }
 
     /// Charges one delivery to the front key. `still_deliverable` says

@@ -11,6 +11,7 @@ mod consumers;
 pub mod drr;
 mod failure_policy;
 mod leases;
+pub mod observer;
 mod queue_state;
 mod rate;
 mod scheduler;
@@ -36,6 +37,7 @@ use crate::domain::{
 };
 use crate::scripting::{self, EnqueueDecision, FailureDecision, HookStats, ScriptError, ScriptLimits, ScriptMessage};
 use crate::storage::Store;
+use observer::Observer;
 use scheduler::{Command, Scheduler};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -304,9 +306,13 @@ pub type StopSignal = oneshot::Receiver<Option<BrokerError>>;
 
 impl Broker {
     /// Recovers state from `store` and starts the scheduler thread.
-    pub fn start<S: Store>(store: S, options: BrokerOptions) -> Result<(Broker, StopSignal), BrokerError> {
+    pub fn start<S: Store>(
+        store: S,
+        options: BrokerOptions,
+        observer: Box<dyn Observer>,
+    ) -> Result<(Broker, StopSignal), BrokerError> {
         let (commands, inbox) = mpsc::channel();
-        let scheduler = Scheduler::recover(store, options.script_limits)?;
+        let scheduler = Scheduler::recover(store, options.script_limits, observer)?;
         let (stopped_tx, stopped_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("fila-scheduler".into())

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
+use super::observer::QueueCounters;
 use super::rate::DecayingRate;
 use crate::domain::{Lane, ThrottleSet};
 use crate::scripting::QueueScripts;
@@ -99,6 +100,10 @@ pub struct QueueState {
     pub in_flight: u64,
     /// Messages waiting out a delay in storage (not in any lane yet).
     pub delayed: u64,
+    pub counters: QueueCounters,
+    /// Deliveries per key since the last metrics snapshot (only counted
+    /// while metrics are on).
+    pub unreported_deliveries: HashMap<Arc<str>, u64>,
 }
 
 impl QueueState {
@@ -115,6 +120,8 @@ impl QueueState {
             pending: 0,
             in_flight: 0,
             delayed: 0,
+            counters: QueueCounters::default(),
+            unreported_deliveries: HashMap::new(),
         }
     }
 

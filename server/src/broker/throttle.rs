@@ -18,12 +18,14 @@ pub struct TokenBucket {
     refilled_at: Instant,
     /// Times a delivery was held back because this bucket was empty.
     blocked: u64,
+    /// Deliveries that took a token.
+    passed: u64,
 }
 
 impl TokenBucket {
     /// A new bucket starts full.
     pub fn new(limit: ThrottleLimit, now: Instant) -> Self {
-        TokenBucket { limit, tokens: limit.burst, refilled_at: now, blocked: 0 }
+        TokenBucket { limit, tokens: limit.burst, refilled_at: now, blocked: 0, passed: 0 }
     }
 
     pub fn limit(&self) -> ThrottleLimit {
@@ -32,6 +34,10 @@ impl TokenBucket {
 
     pub fn blocked(&self) -> u64 {
         self.blocked
+    }
+
+    pub fn passed(&self) -> u64 {
+        self.passed
     }
 
     /// Changes the limit, keeping the tokens (capped at the new burst).
@@ -76,6 +82,7 @@ impl TokenBucket {
     /// Takes one token; call only after a successful [`TokenBucket::check`].
     pub fn take(&mut self) {
         self.tokens -= 1.0;
+        self.passed += 1;
     }
 }
 

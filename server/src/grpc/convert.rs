@@ -34,13 +34,19 @@ pub fn new_message(m: pb::EnqueueMessage) -> NewMessage {
     }
 }
 
-/// Decodes a stored record into the wire message (on a transport thread,
-/// not the scheduler's).
+/// Decodes a stored record (on a transport thread, not the scheduler's).
+pub fn record(bytes: Bytes) -> Result<MessageRecord, BrokerError> {
+    MessageRecord::decode_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("message record: {e}")).into())
+}
+
+/// Decodes a stored record into the wire message.
 pub fn message(queue: &str, record: Bytes, leased_at: Option<SystemTime>) -> Result<pb::Message, BrokerError> {
-    let record =
-        MessageRecord::decode_bytes(record).map_err(|e| StorageError::Corrupt(format!("message record: {e}")))?;
+    Ok(message_of(queue, self::record(record)?, leased_at))
+}
+
+fn message_of(queue: &str, record: MessageRecord, leased_at: Option<SystemTime>) -> pb::Message {
     let id = record.message_id().map(|id| id.to_string()).unwrap_or_default();
-    Ok(pb::Message {
+    pb::Message {
         id,
         queue: queue.to_owned(),
         headers: record.headers,
@@ -56,15 +62,16 @@ pub fn message(queue: &str, record: Bytes, leased_at: Option<SystemTime>) -> Res
             enqueued_at: Some(timestamp_from_millis(record.enqueued_at_ms)),
             leased_at: leased_at.map(timestamp),
         }),
-    })
+    }
 }
 
-pub fn delivery(d: Delivery) -> Result<pb::Delivery, BrokerError> {
-    Ok(pb::Delivery {
-        message: Some(message(&d.queue, d.record, Some(d.leased_at))?),
+/// A delivery on the wire, from its already decoded record.
+pub fn delivery(d: &Delivery, record: MessageRecord) -> pb::Delivery {
+    pb::Delivery {
+        message: Some(message_of(&d.queue, record, Some(d.leased_at))),
         lease_token: d.token.to_string(),
         lease_deadline: Some(timestamp(d.deadline)),
-    })
+    }
 }
 
 pub fn explanation(e: Explanation) -> pb::ExplainResponse {

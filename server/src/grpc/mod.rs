@@ -3,8 +3,10 @@
 
 mod admin;
 mod convert;
+mod rpc_metrics;
 mod service;
 pub mod status;
 
 pub use admin::AdminApi;
+pub use rpc_metrics::RpcMetricsLayer;
 pub use service::HotPathApi;

@@ -110,6 +110,10 @@ impl ChangeSet {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
 }
 
 /// A ready message read from storage.

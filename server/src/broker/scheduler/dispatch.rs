@@ -16,6 +16,7 @@ impl<S: Store> Scheduler<S> {
     /// within a key the oldest message whose throttle keys all have a token,
     /// consumers in turn.
     pub(super) fn dispatch(&mut self, queue_id: QueueId, now: Instant, wall: SystemTime) -> Result<(), StorageError> {
+        let count_keys = self.next_snapshot.is_some();
         let Scheduler { queues, consumers, leases, store, buffered_bytes, throttles, parked, next_ticket, .. } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
         let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
@@ -66,6 +67,10 @@ impl<S: Store> Scheduler<S> {
             key_state.delivery_rate.record(now);
             queue.pending -= 1;
             queue.in_flight += 1;
+            queue.counters.leased += 1;
+            if count_keys {
+                *queue.unreported_deliveries.entry(Arc::clone(&key)).or_default() += 1;
+            }
             queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
             let lease =

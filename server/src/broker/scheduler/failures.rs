@@ -2,7 +2,7 @@
 //! nack or an expired lease, and how delayed messages become ready.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -48,12 +48,21 @@ impl<S: Store> Scheduler<S> {
             (action, _) => action,
         };
         match (action, dead_letter_queue) {
-            (FailureAction::DeadLetter, Some(dlq)) => self.dead_letter(dlq, id, record, round),
+            (FailureAction::DeadLetter, Some(dlq)) => {
+                if let Some(queue) = self.queues.get_mut(&queue_id) {
+                    queue.counters.dead_lettered += 1;
+                }
+                self.dead_letter(dlq, id, record, round)
+            }
             (FailureAction::Retry { delay }, _) if !delay.is_zero() => {
                 let due_ms = due_unix_millis(delay);
+                record.ready_after(delay);
                 self.put_delayed(queue_id, lease.lane, id, record.weight, due_ms, record.encode_bytes(), round);
             }
-            _ => self.put_ready(queue_id, &lease.lane, id, record.weight, record.encode_bytes(), round),
+            _ => {
+                record.ready_after(Duration::ZERO);
+                self.put_ready(queue_id, &lease.lane, id, record.weight, record.encode_bytes(), round)
+            }
         }
         Ok(())
     }
@@ -79,7 +88,8 @@ impl<S: Store> Scheduler<S> {
 
     /// Moves a message to a dead-letter queue, keeping its headers, payload,
     /// attempt count and last error. It is not throttled there.
-    fn dead_letter(&mut self, dlq: QueueId, id: MessageId, record: MessageRecord, round: &mut Round) {
+    fn dead_letter(&mut self, dlq: QueueId, id: MessageId, mut record: MessageRecord, round: &mut Round) {
+        record.ready_after(Duration::ZERO);
         let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::default());
         self.put_ready(dlq, &lane, id, record.weight, record.encode_bytes(), round);
     }
@@ -199,10 +209,12 @@ impl<S: Store> Scheduler<S> {
         let dlq_id = self.queue_id(&source.dead_letter())?;
         let taken = self.take_ready(dlq_id, limit, round)?;
         let count = taken.len() as u64;
+        self.queues.get_mut(&source_id).expect("named queues exist").counters.redriven += count;
         for message in taken {
             let mut record = MessageRecord::decode_bytes(message.record)
                 .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", message.id)))?;
             record.failures = 0;
+            record.ready_after(Duration::ZERO);
             let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
             self.put_ready(source_id, &lane, message.id, record.weight, record.encode_bytes(), round);
         }

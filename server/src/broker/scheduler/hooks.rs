@@ -2,9 +2,11 @@
 //! hook fails: the message always goes on, with safe defaults.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{PreparedMessage, Scheduler};
 use crate::broker::failure_policy::FailureAction;
+use crate::broker::observer::ScriptOutcome;
 use crate::domain::message::{MessageRecord, DEFAULT_FAIRNESS_KEY};
 use crate::domain::{Lane, QueueId, ScriptError, ThrottleSet};
 use crate::scripting::{EnqueueDecision, FailureDecision, ScriptHook, ScriptMessage};
@@ -16,12 +18,15 @@ impl<S: Store> Scheduler<S> {
     /// the documented safe defaults apply: the default fairness key, no
     /// weight, no throttle keys.
     pub(super) fn apply_on_enqueue(&mut self, queue_id: QueueId, mut message: PreparedMessage) -> PreparedMessage {
-        let Scheduler { queues, config, .. } = self;
+        let Scheduler { queues, config, observer, .. } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return message };
         let Some(scripts) = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnEnqueue)) else { return message };
         let Ok(mut record) = MessageRecord::decode_bytes(message.record.clone()) else { return message };
         let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
-        let decision = match scripts.on_enqueue(&msg, config) {
+        let started = Instant::now();
+        let result = scripts.on_enqueue(&msg, config);
+        observer.script_call(&queue.def.name, ScriptHook::OnEnqueue, started.elapsed(), ScriptOutcome::of(&result));
+        let decision = match result {
             Ok(decision) if decision == EnqueueDecision::default() => return message,
             Ok(decision) => decision,
             Err(error) => {
@@ -52,11 +57,14 @@ impl<S: Store> Scheduler<S> {
     /// `None` (no hook, it returned nil, or it failed) means the default
     /// policy decides.
     pub(super) fn ask_on_failure(&mut self, queue_id: QueueId, record: &MessageRecord) -> Option<FailureAction> {
-        let Scheduler { queues, config, .. } = self;
+        let Scheduler { queues, config, observer, .. } = self;
         let queue = queues.get_mut(&queue_id)?;
         let scripts = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnFailure))?;
         let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
-        match scripts.on_failure(&msg, record.failures, &record.last_error, config) {
+        let started = Instant::now();
+        let result = scripts.on_failure(&msg, record.failures, &record.last_error, config);
+        observer.script_call(&queue.def.name, ScriptHook::OnFailure, started.elapsed(), ScriptOutcome::of(&result));
+        match result {
             Ok(Some(FailureDecision::Retry { delay })) => Some(FailureAction::Retry { delay }),
             Ok(Some(FailureDecision::DeadLetter)) => Some(FailureAction::DeadLetter),
             Ok(None) => None,

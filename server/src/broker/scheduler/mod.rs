@@ -21,6 +21,8 @@ mod failures;
 mod hooks;
 mod inspect;
 mod limits;
+mod snapshot;
+use super::observer::{Observer, SNAPSHOT_INTERVAL};
 use super::{
     ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
     SettingsUpdate, ThrottleInfo, ThrottlePage,
@@ -276,12 +278,15 @@ pub struct Scheduler<S: Store> {
     next_due_ms: Option<u64>,
     script_limits: ScriptLimits,
     closing: bool,
+    observer: Box<dyn Observer>,
+    /// When the next metrics snapshot is due; `None` with metrics off.
+    next_snapshot: Option<Instant>,
 }
 
 impl<S: Store> Scheduler<S> {
     /// Rebuilds state from storage. Every stored message is ready: leases do
     /// not survive a restart.
-    pub fn recover(store: S, script_limits: ScriptLimits) -> Result<Self, BrokerError> {
+    pub fn recover(store: S, script_limits: ScriptLimits, observer: Box<dyn Observer>) -> Result<Self, BrokerError> {
         let recovered = store.recover()?;
         let mut scheduler = Scheduler {
             store,
@@ -301,6 +306,8 @@ impl<S: Store> Scheduler<S> {
             next_due_ms: recovered.next_due_ms,
             script_limits,
             closing: false,
+            next_snapshot: observer.wants_snapshots().then(Instant::now),
+            observer,
         };
         for def in recovered.queues {
             scheduler.names.insert(def.name.clone(), def.id);
@@ -399,7 +406,8 @@ impl<S: Store> Scheduler<S> {
             let now_ms = unix_millis(SystemTime::now());
             Instant::now() + Duration::from_millis(due.saturating_sub(now_ms))
         });
-        let next = [self.leases.next_deadline(), next_unpark, next_due].into_iter().flatten().min();
+        let next =
+            [self.leases.next_deadline(), next_unpark, next_due, self.next_snapshot].into_iter().flatten().min();
         let received = match next {
             Some(deadline) => match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => return Wake::Deadline,
@@ -427,10 +435,12 @@ impl<S: Store> Scheduler<S> {
             }
         }
         if !round.changes.is_empty() {
+            let started = Instant::now();
             if let Err(error) = self.store.commit(&round.changes) {
                 round.finish(Some(&BrokerError::Storage(error.clone())));
                 return Err(error);
             }
+            self.observer.storage_commit(started.elapsed(), round.changes.len());
         }
         for queue in std::mem::take(&mut round.reclaim) {
             self.store.reclaim_queue_space(queue);
@@ -438,6 +448,10 @@ impl<S: Store> Scheduler<S> {
         round.finish(None);
         for queue in std::mem::take(&mut self.dirty) {
             self.dispatch(queue, now, wall)?;
+        }
+        if self.next_snapshot.is_some_and(|at| at <= now) {
+            self.publish_snapshot(now);
+            self.next_snapshot = Some(now + SNAPSHOT_INTERVAL);
         }
         if shutdown.is_some() {
             self.close_all_streams(BrokerError::ShuttingDown);
@@ -596,9 +610,11 @@ impl<S: Store> Scheduler<S> {
             let due_ms = due_unix_millis(message.delay);
             self.put_delayed(queue_id, message.lane, message.id, message.weight, due_ms, message.record, round);
             round.changes.needs_sync = true;
+            self.queues.get_mut(&queue_id).expect("named queues exist").counters.enqueued += 1;
             return Ok(message.id);
         }
         let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
+        queue.counters.enqueued += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
         queue.add_ready(&message.lane, 1, (message.weight > 0).then_some(message.weight));
@@ -692,17 +708,26 @@ impl<S: Store> Scheduler<S> {
         });
         self.leases.remember_ack(&token);
         self.lease_ended(&lease);
+        if let Some(queue) = self.queues.get_mut(&token.queue) {
+            queue.counters.acked += 1;
+        }
         Ok(())
     }
 
     fn nack(&mut self, token: &LeaseToken, error: String, round: &mut Round) -> Result<(), BrokerError> {
         let lease = self.take_lease(token)?;
+        if let Some(queue) = self.queues.get_mut(&token.queue) {
+            queue.counters.nacked += 1;
+        }
         self.retry(lease, error, round)
     }
 
     fn expire_leases(&mut self, now: Instant, round: &mut Round) {
         while let Some(lease) = self.leases.pop_expired(now) {
             let token = lease.token;
+            if let Some(queue) = self.queues.get_mut(&token.queue) {
+                queue.counters.expired += 1;
+            }
             if let Err(error) = self.retry(lease, "lease expired (visibility timeout)".to_owned(), round) {
                 tracing::error!(%error, message = %token.message, "could not return an expired message");
             }
