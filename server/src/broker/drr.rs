@@ -221,6 +221,28 @@ mod tests {
         assert_eq!(drr.front(), Some(&"a"));
     }
 
+    #[test]
+    fn a_round_is_one_turn_per_key() {
+        let mut drr = Drr::new(1);
+        let mut credits = [Credit::default(); 3];
+        for k in 0..3 {
+            drr.join(k);
+        }
+        for _ in 0..7 {
+            let k = *drr.front().unwrap();
+            drr.start_turn(&mut credits[k], 2);
+            drr.charge_front(&mut credits[k], true);
+        }
+        // 7 deliveries of 2 per turn: turns of keys 0, 1, 2 (a round), then 0.
+        assert_eq!(drr.rounds(), 1);
+        for _ in 0..5 {
+            let k = *drr.front().unwrap();
+            drr.start_turn(&mut credits[k], 2);
+            drr.charge_front(&mut credits[k], true);
+        }
+        assert_eq!(drr.rounds(), 2);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -119,7 +119,7 @@ pub struct QueueSample {
 pub struct KeySample {
     pub key: Arc<str>,
     pub new_deliveries: u64,
-    /// Fraction of the queue's recent deliveries (decaying rates).
+    /// Fraction of the queue's deliveries since the previous snapshot.
     pub actual_share: f64,
     /// weight / total weight of the keys with ready messages; 0 for a key
     /// with none.

@@ -299,7 +299,7 @@ fn register_key_metrics(meter: &Meter, shared: &Shared) {
     meter
         .f64_observable_gauge("fila.fairness.share.actual")
         .with_unit("1")
-        .with_description("A key's share of the queue's recent deliveries (decaying average over about 10 s).")
+        .with_description("A key's share of the queue's deliveries in the last second (0 when nothing was delivered).")
         .with_callback(move |observer| {
             read(&s, |p| p.keys.for_each(|queue, key, v| observer.observe(v.actual_share, &key_attrs(queue, key))))
         })
@@ -356,7 +356,6 @@ fn register_script_breakers(meter: &Meter, shared: &Shared) {
     let s = shared.clone();
     meter
         .u64_observable_gauge("fila.script.breaker.state")
-        .with_unit("1")
         .with_description("Circuit breaker of a queue's script hook: 0 closed, 1 half-open (trial call), 2 open.")
         .with_callback(move |observer| {
             read(&s, |p| {

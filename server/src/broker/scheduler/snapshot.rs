@@ -29,7 +29,7 @@ impl<S: Store> Scheduler<S> {
             .queues
             .values_mut()
             .zip(dead_letter_depths)
-            .map(|(queue, dead_letter_depth)| sample_queue(queue, dead_letter_depth, now))
+            .map(|(queue, dead_letter_depth)| sample_queue(queue, dead_letter_depth))
             .collect();
         let throttles = self
             .throttles
@@ -45,9 +45,10 @@ impl<S: Store> Scheduler<S> {
     }
 }
 
-fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>, now: Instant) -> QueueSample {
+fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>) -> QueueSample {
     let mut delivered = std::mem::take(&mut queue.unreported_deliveries);
-    let total_rate: f64 = queue.keys.values().map(|k| k.delivery_rate.per_second(now)).sum();
+    let total_delivered: u64 = delivered.values().sum();
+    let share = |n: u64| if total_delivered > 0 { n as f64 / total_delivered as f64 } else { 0.0 };
     let total_weight: u64 = queue
         .keys
         .iter()
@@ -58,12 +59,12 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>, now: Ins
         .keys
         .iter()
         .map(|(key, k)| {
-            let rate = k.delivery_rate.per_second(now);
             let weight = effective_weight(&queue.weight_overrides, key, k);
+            let new_deliveries = delivered.remove(key).unwrap_or(0);
             KeySample {
                 key: key.clone(),
-                new_deliveries: delivered.remove(key).unwrap_or(0),
-                actual_share: if total_rate > 0.0 { rate / total_rate } else { 0.0 },
+                new_deliveries,
+                actual_share: share(new_deliveries),
                 fair_share: if k.pending > 0 && total_weight > 0 {
                     f64::from(weight) / total_weight as f64
                 } else {
@@ -76,7 +77,7 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>, now: Ins
     keys.extend(delivered.into_iter().map(|(key, new_deliveries)| KeySample {
         key,
         new_deliveries,
-        actual_share: 0.0,
+        actual_share: share(new_deliveries),
         fair_share: 0.0,
     }));
     let hooks = queue
@@ -101,5 +102,34 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>, now: Ins
         drr_rounds: queue.drr.rounds(),
         keys,
         hooks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{Lane, QueueSettings, ThrottleSet};
+    use crate::storage::QueueDef;
+
+    #[test]
+    fn shares_compare_recent_deliveries_with_weights_of_backlogged_keys() {
+        let def = QueueDef { id: 1, name: "q".into(), settings: QueueSettings::default(), scripts: Default::default() };
+        let mut queue = QueueState::new(def);
+        let lane = |key: &str| Lane::new(Arc::from(key), ThrottleSet::default());
+        queue.add_ready(&lane("a"), 5, Some(1));
+        queue.add_ready(&lane("b"), 5, Some(3));
+        // "gone" was delivered to and forgotten since the last snapshot.
+        queue.unreported_deliveries = [("a", 2), ("b", 6), ("gone", 2)].map(|(k, n)| (Arc::from(k), n)).into();
+        let sample = sample_queue(&mut queue, None);
+        let key = |k: &str| sample.keys.iter().find(|s| &*s.key == k).unwrap();
+        assert_eq!((key("a").new_deliveries, key("a").actual_share, key("a").fair_share), (2, 0.2, 0.25));
+        assert_eq!((key("b").new_deliveries, key("b").actual_share, key("b").fair_share), (6, 0.6, 0.75));
+        assert_eq!((key("gone").new_deliveries, key("gone").actual_share, key("gone").fair_share), (2, 0.2, 0.0));
+        assert_eq!(sample.active_keys, 2);
+
+        let next = sample_queue(&mut queue, None);
+        assert!(next.keys.iter().all(|k| k.new_deliveries == 0 && k.actual_share == 0.0), "counts restart");
     }
 }
