@@ -5,7 +5,7 @@
 //!
 //! For each key count: enqueue N messages (default 200,000; set
 //! FILA_BENCH_MESSAGES; key counts with FILA_BENCH_KEYS=1,1000; fsync with
-//! FILA_BENCH_SYNC=1) from 4 producers in batches of 1,000, then drain
+//! FILA_BENCH_SYNC=1; telemetry off with FILA_BENCH_TELEMETRY=off) from 4 producers in batches of 1,000, then drain
 //! them with 2 consumers (window 2,000, acks in batches of 500). Prints
 //! messages per second for both phases. The server is the `fila-server`
 //! binary of this build, on loopback, with a fresh data directory.
@@ -63,8 +63,16 @@ async fn main() {
     let messages: usize = std::env::var("FILA_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     // The `fila-server` binary of this build, on loopback, fresh data dir.
     // FILA_BENCH_SYNC=1 runs the broker with --sync-writes (fsync per group commit).
-    let sync = std::env::var("FILA_BENCH_SYNC").is_ok_and(|v| v == "1");
-    let server = fila_testkit::TestServer::start_with(if sync { &["--sync-writes"] } else { &[] }).await;
+    // FILA_BENCH_TELEMETRY=off turns the metrics endpoint off, to measure
+    // what telemetry costs.
+    let mut args = Vec::new();
+    if std::env::var("FILA_BENCH_SYNC").is_ok_and(|v| v == "1") {
+        args.push("--sync-writes");
+    }
+    if std::env::var("FILA_BENCH_TELEMETRY").is_ok_and(|v| v == "off") {
+        args.extend(["--metrics-listen", "off"]);
+    }
+    let server = fila_testkit::TestServer::start_with(&args).await;
     let admin = Client::connect(server.addr.clone()).await.unwrap();
     println!("| fairness keys | messages | enqueue msg/s | lease+ack msg/s |");
     println!("| ---: | ---: | ---: | ---: |");

@@ -198,11 +198,8 @@ fn telemetry_config(s: &Settings) -> Result<TelemetryConfig, ConfigError> {
             ConfigError::Invalid(format!("metrics_listen must be an address like 127.0.0.1:9464, or off; got '{addr}'"))
         })?),
     };
-    let otlp_endpoint = s
-        .otlp_endpoint
-        .clone()
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.is_empty());
+    let otlp_endpoint =
+        s.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()).filter(|e| !e.is_empty());
     if let Some(endpoint) = &otlp_endpoint {
         if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             return Err(ConfigError::Invalid(format!(

@@ -170,6 +170,34 @@ async fn prometheus_endpoint_reports_the_broker() {
     // Histogram buckets are cumulative and end with +Inf = count.
     let inf = [(Q, "jobs"), ("le", "+Inf")];
     assert_eq!(value(&m, "fila_delivery_latency_seconds_bucket", &inf), 22.0);
+
+    // Every series the Grafana dashboard queries exists.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/fila-dashboard.json"))
+            .expect("the dashboard is in the repository");
+    let label_names: std::collections::HashSet<&String> = m.iter().flat_map(|s| s.labels.keys()).collect();
+    for name in metric_names_in(&dashboard).iter().filter(|n| !label_names.contains(n)) {
+        assert!(m.iter().any(|s| &s.name == name), "the dashboard queries {name}, which the broker does not export");
+    }
+}
+
+/// Metric and label names (`fila_...`, `rpc_...`) mentioned in a text.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["fila_", "rpc_"] {
+        for (start, _) in text.match_indices(prefix) {
+            if text[..start].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    assert!(names.len() > 10, "found metric names: {names:?}");
+    names
 }
 
 #[tokio::test]
@@ -295,8 +323,7 @@ const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
 async fn otlp_export_carries_metrics_and_linked_spans() {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await;
-    let server =
-        TestServer::start_with(&["--otlp-endpoint", &endpoint, "--otlp-metrics-interval-ms", "300"]).await;
+    let server = TestServer::start_with(&["--otlp-endpoint", &endpoint, "--otlp-metrics-interval-ms", "300"]).await;
     let client = server.client().await;
     client.create_queue("traced", QueueOptions::default()).await.unwrap();
 

@@ -25,7 +25,8 @@ pub const ERROR_TYPE: &str = "error.type";
 /// Bucket bounds, in seconds, of script call durations (µs to ms).
 const SCRIPT_BUCKETS: &[f64] = &[1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2];
 /// Bucket bounds, in seconds, of storage commits.
-const COMMIT_BUCKETS: &[f64] = &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0];
+const COMMIT_BUCKETS: &[f64] =
+    &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0];
 /// Changes per commit.
 const COMMIT_SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
 
@@ -209,7 +210,8 @@ impl Observer for MetricsObserver {
 }
 
 fn register_queue_counters(meter: &Meter, shared: &Shared) {
-    let counters: [(&'static str, &'static str, fn(&QueueCounters) -> u64); 7] = [
+    type Pick = fn(&QueueCounters) -> u64;
+    let counters: [(&'static str, &'static str, Pick); 7] = [
         ("fila.messages.enqueued", "Messages accepted into the queue (including delayed ones).", |c| c.enqueued),
         ("fila.messages.leased", "Deliveries to consumers (a retried message counts again).", |c| c.leased),
         ("fila.messages.acked", "Messages acknowledged (done).", |c| c.acked),
@@ -322,33 +324,45 @@ fn register_throttle_metrics(meter: &Meter, shared: &Shared) {
         .u64_observable_counter("fila.throttle.passes")
         .with_unit("{message}")
         .with_description("Deliveries that took a token from the throttle key's bucket.")
-        .with_callback(move |observer| read(&s, |p| p.throttles.for_each(|_, k, v| {
-                if v.observed {
-                    observer.observe(v.passes, &attrs(k))
-                }
-            })))
+        .with_callback(move |observer| {
+            read(&s, |p| {
+                p.throttles.for_each(|_, k, v| {
+                    if v.observed {
+                        observer.observe(v.passes, &attrs(k))
+                    }
+                })
+            })
+        })
         .build();
     let s = shared.clone();
     meter
         .u64_observable_counter("fila.throttle.blocks")
         .with_unit("{check}")
         .with_description("Times a ready message was held back because the throttle key's bucket was empty.")
-        .with_callback(move |observer| read(&s, |p| p.throttles.for_each(|_, k, v| {
-                if v.observed {
-                    observer.observe(v.blocks, &attrs(k))
-                }
-            })))
+        .with_callback(move |observer| {
+            read(&s, |p| {
+                p.throttles.for_each(|_, k, v| {
+                    if v.observed {
+                        observer.observe(v.blocks, &attrs(k))
+                    }
+                })
+            })
+        })
         .build();
     let s = shared.clone();
     meter
         .f64_observable_gauge("fila.throttle.tokens")
         .with_unit("{token}")
         .with_description("Tokens in the throttle key's bucket.")
-        .with_callback(move |observer| read(&s, |p| p.throttles.for_each(|_, k, v| {
-                if v.observed {
-                    observer.observe(v.tokens, &attrs(k))
-                }
-            })))
+        .with_callback(move |observer| {
+            read(&s, |p| {
+                p.throttles.for_each(|_, k, v| {
+                    if v.observed {
+                        observer.observe(v.tokens, &attrs(k))
+                    }
+                })
+            })
+        })
         .build();
 }
 

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::Context;
 use opentelemetry::metrics::{Meter, MeterProvider, NoopMeterProvider};
 use opentelemetry::trace::TracerProvider;
+use opentelemetry::Context;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -89,8 +89,8 @@ impl Telemetry {
                 .with_endpoint(endpoint)
                 .build()
                 .map_err(|e| failed(&e))?;
-            meters =
-                meters.with_reader(PeriodicReader::builder(exporter).with_interval(config.otlp_metrics_interval).build());
+            meters = meters
+                .with_reader(PeriodicReader::builder(exporter).with_interval(config.otlp_metrics_interval).build());
             metrics_on = true;
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

@@ -406,8 +406,7 @@ impl<S: Store> Scheduler<S> {
             let now_ms = unix_millis(SystemTime::now());
             Instant::now() + Duration::from_millis(due.saturating_sub(now_ms))
         });
-        let next =
-            [self.leases.next_deadline(), next_unpark, next_due, self.next_snapshot].into_iter().flatten().min();
+        let next = [self.leases.next_deadline(), next_unpark, next_due, self.next_snapshot].into_iter().flatten().min();
         let received = match next {
             Some(deadline) => match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => return Wake::Deadline,
