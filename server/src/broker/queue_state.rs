@@ -40,6 +40,9 @@ pub struct KeyState {
     pub message_weight: u32,
     pub credit: Credit,
     pub delivery_rate: DecayingRate,
+    /// Deliveries since the last metrics snapshot (counted only while
+    /// metrics are on).
+    pub unreported_deliveries: u64,
     /// While every ready message of the key waits for a throttle, the key is
     /// out of the rotation and parked under this ticket until a refill.
     pub parked: Option<u64>,
@@ -55,6 +58,7 @@ impl Default for KeyState {
             message_weight: 1,
             credit: Credit::default(),
             delivery_rate: DecayingRate::default(),
+            unreported_deliveries: 0,
             parked: None,
             lanes: Vec::new(),
         }
@@ -101,9 +105,9 @@ pub struct QueueState {
     /// Messages waiting out a delay in storage (not in any lane yet).
     pub delayed: u64,
     pub counters: QueueCounters,
-    /// Deliveries per key since the last metrics snapshot (only counted
-    /// while metrics are on).
-    pub unreported_deliveries: HashMap<Arc<str>, u64>,
+    /// Unreported deliveries of keys forgotten since the last metrics
+    /// snapshot.
+    pub retired_deliveries: Vec<(Arc<str>, u64)>,
 }
 
 impl QueueState {
@@ -121,7 +125,7 @@ impl QueueState {
             in_flight: 0,
             delayed: 0,
             counters: QueueCounters::default(),
-            unreported_deliveries: HashMap::new(),
+            retired_deliveries: Vec::new(),
         }
     }
 
@@ -201,7 +205,10 @@ impl QueueState {
     /// Drops a key with no ready and no leased messages.
     pub fn forget_if_idle(&mut self, key: &str) {
         if self.keys.get(key).is_some_and(|s| s.pending == 0 && s.leased == 0) {
-            self.keys.remove(key);
+            let (key, state) = self.keys.remove_entry(key).expect("looked up above");
+            if state.unreported_deliveries > 0 {
+                self.retired_deliveries.push((key, state.unreported_deliveries));
+            }
         }
     }
 

@@ -69,7 +69,7 @@ impl<S: Store> Scheduler<S> {
             queue.in_flight += 1;
             queue.counters.leased += 1;
             if count_keys {
-                *queue.unreported_deliveries.entry(Arc::clone(&key)).or_default() += 1;
+                key_state.unreported_deliveries += 1;
             }
             queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);

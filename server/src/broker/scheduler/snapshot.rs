@@ -46,8 +46,9 @@ impl<S: Store> Scheduler<S> {
 }
 
 fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>) -> QueueSample {
-    let mut delivered = std::mem::take(&mut queue.unreported_deliveries);
-    let total_delivered: u64 = delivered.values().sum();
+    let retired = std::mem::take(&mut queue.retired_deliveries);
+    let total_delivered: u64 =
+        queue.keys.values().map(|k| k.unreported_deliveries).sum::<u64>() + retired.iter().map(|(_, n)| n).sum::<u64>();
     let share = |n: u64| if total_delivered > 0 { n as f64 / total_delivered as f64 } else { 0.0 };
     let total_weight: u64 = queue
         .keys
@@ -55,26 +56,24 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>) -> Queue
         .filter(|(_, k)| k.pending > 0)
         .map(|(key, k)| u64::from(effective_weight(&queue.weight_overrides, key, k)))
         .sum();
+    let overrides = &queue.weight_overrides;
+    // Keys with nothing to report are left out: their series (if any)
+    // keep their totals, and their shares are 0.
     let mut keys: Vec<KeySample> = queue
         .keys
-        .iter()
+        .iter_mut()
+        .filter(|(_, k)| k.unreported_deliveries > 0 || k.pending > 0)
         .map(|(key, k)| {
-            let weight = effective_weight(&queue.weight_overrides, key, k);
-            let new_deliveries = delivered.remove(key).unwrap_or(0);
-            KeySample {
-                key: key.clone(),
-                new_deliveries,
-                actual_share: share(new_deliveries),
-                fair_share: if k.pending > 0 && total_weight > 0 {
-                    f64::from(weight) / total_weight as f64
-                } else {
-                    0.0
-                },
-            }
+            let new_deliveries = std::mem::take(&mut k.unreported_deliveries);
+            let fair_share = if k.pending > 0 && total_weight > 0 {
+                f64::from(effective_weight(overrides, key, k)) / total_weight as f64
+            } else {
+                0.0
+            };
+            KeySample { key: key.clone(), new_deliveries, actual_share: share(new_deliveries), fair_share }
         })
         .collect();
-    // Keys delivered to and then forgotten since the last snapshot.
-    keys.extend(delivered.into_iter().map(|(key, new_deliveries)| KeySample {
+    keys.extend(retired.into_iter().map(|(key, new_deliveries)| KeySample {
         key,
         new_deliveries,
         actual_share: share(new_deliveries),
@@ -120,8 +119,10 @@ mod tests {
         let lane = |key: &str| Lane::new(Arc::from(key), ThrottleSet::default());
         queue.add_ready(&lane("a"), 5, Some(1));
         queue.add_ready(&lane("b"), 5, Some(3));
+        queue.keys.get_mut("a").unwrap().unreported_deliveries = 2;
+        queue.keys.get_mut("b").unwrap().unreported_deliveries = 6;
         // "gone" was delivered to and forgotten since the last snapshot.
-        queue.unreported_deliveries = [("a", 2), ("b", 6), ("gone", 2)].map(|(k, n)| (Arc::from(k), n)).into();
+        queue.retired_deliveries.push((Arc::from("gone"), 2));
         let sample = sample_queue(&mut queue, None);
         let key = |k: &str| sample.keys.iter().find(|s| &*s.key == k).unwrap();
         assert_eq!((key("a").new_deliveries, key("a").actual_share, key("a").fair_share), (2, 0.2, 0.25));
@@ -130,6 +131,7 @@ mod tests {
         assert_eq!(sample.active_keys, 2);
 
         let next = sample_queue(&mut queue, None);
+        assert_eq!(next.keys.len(), 2, "the forgotten key is reported once");
         assert!(next.keys.iter().all(|k| k.new_deliveries == 0 && k.actual_share == 0.0), "counts restart");
     }
 }
