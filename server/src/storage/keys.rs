@@ -7,8 +7,10 @@
 //!   contiguous range in arrival order, so "next messages of lane L" is a
 //!   single seek, and all lanes of a fairness key are adjacent.
 //! - `message_index`: `queue(8) | message_id(16)` → `lane | seq(8) | weight(4)`:
-//!   finds a message by id (stale-lease checks, later peek/explain) and lets
-//!   recovery rebuild per-lane counts without reading message bodies.
+//!   finds a message by id (stale-lease checks, peek/explain).
+//! - `lane_tallies`: `queue(8) | lane` → message count, highest sequence and
+//!   newest weight of the lane, kept by a merge operator: what recovery
+//!   reads, one entry per lane.
 //! - `weights`: `queue(8) | key_len(2) | fairness_key` → `weight(4)`:
 //!   operator overrides of fairness weights.
 //! - `queues`: queue name → queue definition; `throttles`: throttle key →
@@ -156,6 +158,21 @@ pub fn parse_delayed_value(bytes: &[u8]) -> Option<(Lane, u32, &[u8])> {
     let lane = r.lane()?;
     let weight = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
     Some((lane, weight, r.0))
+}
+
+/// `queue(8) | lane`: a lane's tally (see `tally.rs`).
+pub fn lane_key(queue: QueueId, lane: &Lane) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&queue_prefix(queue));
+    encode_lane(&mut out, lane);
+    out
+}
+
+pub fn parse_lane_key(key: &[u8]) -> Option<(QueueId, Lane)> {
+    let mut r = Reader(key);
+    let queue = r.u64()?;
+    let lane = r.lane()?;
+    r.0.is_empty().then_some((queue, lane))
 }
 
 /// Parses a message key into queue, lane and sequence.

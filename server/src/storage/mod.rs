@@ -3,6 +3,7 @@
 
 pub mod keys;
 mod rocks;
+mod tally;
 
 use bytes::Bytes;
 

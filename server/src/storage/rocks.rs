@@ -8,6 +8,7 @@ use rocksdb::{
 };
 
 use super::keys;
+use super::tally::{self, Deltas, Tally};
 use super::{Change, ChangeSet, DueMessage, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
 use crate::domain::{Lane, MessageId, QueueId, QueueSettings, ScriptSources, StorageError, ThrottleLimit};
 
@@ -19,7 +20,11 @@ const CF_THROTTLES: &str = "throttles";
 const CF_WEIGHTS: &str = "weights";
 const CF_CONFIG: &str = "config";
 const CF_DELAYED: &str = "delayed";
+const CF_LANES: &str = "lane_tallies";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
+/// Set once `lane_tallies` holds every lane (databases from before it
+/// existed are tallied from the index on their first start).
+const LANES_TALLIED: &[u8] = b"lanes_tallied";
 
 /// Queue definition as stored in the `queues` column family.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,6 +79,8 @@ impl RocksStore {
         let mut messages = Options::default();
         messages.set_compression_type(DBCompressionType::Lz4);
         messages.set_write_buffer_size(64 * 1024 * 1024);
+        let mut lanes = Options::default();
+        lanes.set_merge_operator_associative(tally::MERGE_OPERATOR, tally::merge);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_QUEUES, Options::default()),
             ColumnFamilyDescriptor::new(CF_MESSAGES, messages),
@@ -83,6 +90,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_WEIGHTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_CONFIG, Options::default()),
             ColumnFamilyDescriptor::new(CF_DELAYED, Options::default()),
+            ColumnFamilyDescriptor::new(CF_LANES, lanes),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
         Ok(RocksStore { db: Arc::new(db), sync_writes })
@@ -116,39 +124,78 @@ impl RocksStore {
         Ok(queues)
     }
 
-    /// Counts stored messages per lane from the compact index rather than
-    /// the message bodies.
-    #[allow(clippy::type_complexity)]
-    fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64, Vec<(QueueId, u64)>), StorageError> {
-        let mut delayed = std::collections::BTreeMap::<QueueId, u64>::new();
-        let mut lanes: Vec<RecoveredLane> = Vec::new();
-        let mut positions = std::collections::HashMap::<(QueueId, Lane), usize>::new();
+    /// The stored messages of every lane, from the lane tallies: one entry
+    /// per lane, whatever the depth. Tallies that dropped to zero are
+    /// deleted on the way.
+    fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64), StorageError> {
+        if self.db.get_cf(self.cf(CF_META), LANES_TALLIED).map_err(io)?.is_none() {
+            self.tally_lanes_from_index()?;
+        }
+        let mut lanes = Vec::new();
+        let mut empty = WriteBatch::default();
         let mut max_seq = 0;
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_LANES));
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let corrupt = || StorageError::Corrupt(format!("lane tally {key:?}"));
+            let (queue, lane) = keys::parse_lane_key(key).ok_or_else(corrupt)?;
+            let tally = Tally::decode(value).ok_or_else(corrupt)?;
+            max_seq = max_seq.max(tally.max_seq);
+            if tally.count > 0 {
+                let latest_weight = (tally.weight_seq > 0).then_some((tally.weight_seq, tally.weight));
+                lanes.push(RecoveredLane { queue, lane, pending: tally.count as u64, latest_weight });
+            } else {
+                empty.delete_cf(self.cf(CF_LANES), key);
+            }
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        if !empty.is_empty() {
+            self.db.write(empty).map_err(io)?;
+        }
+        Ok((lanes, max_seq))
+    }
+
+    /// Builds the lane tallies of a database written before they existed,
+    /// from the message index (one pass over every stored message).
+    fn tally_lanes_from_index(&self) -> Result<(), StorageError> {
+        let mut deltas = Deltas::default();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_INDEX));
         iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             let corrupt = || StorageError::Corrupt(format!("message index entry {key:?}"));
             let (queue, _) = keys::parse_index_key(key).ok_or_else(corrupt)?;
             let keys::IndexEntry { lane, seq, weight, due_ms } = keys::parse_index_value(value).ok_or_else(corrupt)?;
-            if due_ms.is_some() {
-                *delayed.entry(queue).or_default() += 1;
-                iter.next();
-                continue;
-            }
-            max_seq = max_seq.max(seq);
-            let slot = *positions.entry((queue, lane.clone())).or_insert_with(|| {
-                lanes.push(RecoveredLane { queue, lane, pending: 0, latest_weight: None });
-                lanes.len() - 1
-            });
-            let recovered = &mut lanes[slot];
-            recovered.pending += 1;
-            if weight > 0 && recovered.latest_weight.is_none_or(|(s, _)| s < seq) {
-                recovered.latest_weight = Some((seq, weight));
+            if due_ms.is_none() {
+                deltas.add(queue, &lane, Tally::put(seq, weight));
             }
             iter.next();
         }
         iter.status().map_err(io)?;
-        Ok((lanes, max_seq, delayed.into_iter().collect()))
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_LANES), &[0u8; 8][..], &[0xffu8; 9][..]);
+        for ((queue, lane), tally) in deltas.into_iter() {
+            batch.put_cf(self.cf(CF_LANES), keys::lane_key(queue, &lane), tally.encode());
+        }
+        batch.put_cf(self.cf(CF_META), LANES_TALLIED, [1]);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(io)
+    }
+
+    /// Delayed messages per queue.
+    fn recover_delayed(&self) -> Result<Vec<(QueueId, u64)>, StorageError> {
+        let mut delayed = std::collections::BTreeMap::<QueueId, u64>::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_DELAYED));
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            let (_, queue, _) =
+                keys::parse_delayed_key(key).ok_or_else(|| StorageError::Corrupt(format!("delayed entry {key:?}")))?;
+            *delayed.entry(queue).or_default() += 1;
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        Ok(delayed.into_iter().collect())
     }
 
     fn first_due(&self) -> Result<Option<u64>, StorageError> {
@@ -199,7 +246,8 @@ impl RocksStore {
 impl Store for RocksStore {
     fn recover(&self) -> Result<Recovered, StorageError> {
         let queues = self.recover_queues()?;
-        let (lanes, max_seq, delayed) = self.recover_lanes()?;
+        let (lanes, max_seq) = self.recover_lanes()?;
+        let delayed = self.recover_delayed()?;
         let stored_next = self
             .db
             .get_cf(self.cf(CF_META), NEXT_QUEUE_ID)
@@ -222,6 +270,7 @@ impl Store for RocksStore {
 
     fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
+        let mut deltas = Deltas::default();
         for change in &changes.changes {
             match change {
                 Change::PutQueue(def) => {
@@ -243,6 +292,8 @@ impl Store for RocksStore {
                     batch.delete_range_cf(self.cf(CF_MESSAGES), start, end);
                     batch.delete_range_cf(self.cf(CF_INDEX), start, end);
                     batch.delete_range_cf(self.cf(CF_WEIGHTS), start, end);
+                    batch.delete_range_cf(self.cf(CF_LANES), start, end);
+                    deltas.drop_queue(*id);
                 }
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
                 Change::PutMessage { queue, lane, seq, id, weight, record } => {
@@ -255,10 +306,12 @@ impl Store for RocksStore {
                         keys::index_key(*queue, *id),
                         keys::index_value(lane, *seq, *weight),
                     );
+                    deltas.add(*queue, lane, Tally::put(*seq, *weight));
                 }
                 Change::DeleteMessage { queue, lane, seq, id } => {
                     batch.delete_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, lane, *seq));
                     batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
+                    deltas.add(*queue, lane, Tally::delete());
                 }
                 Change::PutThrottle { key, limit } => {
                     let rec = ThrottleRecord { rate_per_second: limit.rate_per_second, burst: limit.burst };
@@ -287,6 +340,9 @@ impl Store for RocksStore {
                     batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
                 }
             }
+        }
+        for ((queue, lane), delta) in deltas.into_iter() {
+            batch.merge_cf(self.cf(CF_LANES), keys::lane_key(queue, &lane), delta.encode());
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync_writes && changes.needs_sync);
@@ -554,5 +610,50 @@ mod tests {
         let rec = store.recover().unwrap();
         assert_eq!(rec.lanes, vec![RecoveredLane { queue: 2, lane: lane("a"), pending: 1, latest_weight: None }]);
         assert_eq!(rec.weights, vec![(2, "a".to_string(), 5)]);
+    }
+
+    fn pending_by_key(rec: &Recovered) -> Vec<(QueueId, String, u64)> {
+        let mut lanes: Vec<_> = rec.lanes.iter().map(|l| (l.queue, l.lane.fairness_key.to_string(), l.pending)).collect();
+        lanes.sort();
+        lanes
+    }
+
+    #[test]
+    fn lane_tallies_follow_puts_and_deletes_and_emptied_lanes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        let (a1, a1_id) = put(1, "a", 1);
+        let (b2, b2_id) = put(1, "b", 2);
+        commit(&store, vec![a1, b2, put(1, "a", 3).0, put(1, "a", 4).0]);
+        // Delete and re-put in one batch (a retry moving to the tail).
+        commit(
+            &store,
+            vec![
+                Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 1, id: a1_id },
+                put(1, "a", 5).0,
+                Change::DeleteMessage { queue: 1, lane: lane("b"), seq: 2, id: b2_id },
+            ],
+        );
+        let rec = store.recover().unwrap();
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 3)]);
+        assert_eq!(rec.max_seq, 5);
+        let tallies = store.db.iterator_cf(store.cf(CF_LANES), rocksdb::IteratorMode::Start).count();
+        assert_eq!(tallies, 1, "the emptied lane's tally was removed at recovery");
+    }
+
+    #[test]
+    fn a_database_without_tallies_is_tallied_from_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        commit(&store, vec![put(1, "a", 1).0, put(1, "a", 2).0, put(2, "b", 3).0]);
+        // As written by a version before tallies existed.
+        store.db.delete_cf(store.cf(CF_META), LANES_TALLIED).unwrap();
+        let mut wipe = WriteBatch::default();
+        wipe.delete_range_cf(store.cf(CF_LANES), &[0u8; 8][..], &[0xffu8; 9][..]);
+        store.db.write(wipe).unwrap();
+        let rec = store.recover().unwrap();
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 2), (2, "b".into(), 1)]);
+        assert_eq!(rec.max_seq, 3);
+        assert!(store.db.get_cf(store.cf(CF_META), LANES_TALLIED).unwrap().is_some());
     }
 }
