@@ -22,6 +22,7 @@ const CF_CONFIG: &str = "config";
 const CF_DELAYED: &str = "delayed";
 const CF_LANES: &str = "lane_tallies";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
+const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
 /// Set once `lane_tallies` holds every lane (databases from before it
 /// existed are tallied from the index on their first start).
 const LANES_TALLIED: &[u8] = b"lanes_tallied";
@@ -76,6 +77,12 @@ impl RocksStore {
         opts.create_missing_column_families(true);
         opts.increase_parallelism(std::thread::available_parallelism().map_or(2, |n| n.get() as i32));
         opts.set_max_background_jobs(2);
+        // One WAL serves every column family, and a log file is kept until
+        // every family with data in it has flushed. Families that change
+        // rarely (queues, tallies) would pin all of it: the WAL would grow
+        // with everything ever written, and a restart would replay it all.
+        // Past this size RocksDB flushes the families holding the oldest log.
+        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let mut messages = Options::default();
         messages.set_compression_type(DBCompressionType::Lz4);
         messages.set_write_buffer_size(64 * 1024 * 1024);
