@@ -19,6 +19,14 @@ if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! ldconfig -p 2
   as_root apt-get install -y -qq libclang-dev
 fi
 
+# The benchmark suite's quick mode (below) runs Fila side by side with
+# NATS JetStream and RabbitMQ, from Debian's packages.
+if ! command -v nats-server >/dev/null || [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  step "installing nats-server and rabbitmq-server (peers of the benchmark suite)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server rabbitmq-server
+fi
+
 BUF="$TOOLS_DIR/node_modules/.bin/buf"
 if [ ! -x "$BUF" ] || [ "$("$BUF" --version)" != "$BUF_VERSION" ]; then
   step "installing buf $BUF_VERSION"
@@ -37,3 +45,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "benchmark suite, quick mode (smoke test; the full run is in docs/benchmarks.md)"
+cargo run -p fila-bench --locked -- --quick --out "$CARGO_TARGET_DIR/fila-bench-quick"

@@ -1,0 +1,164 @@
+//! Workloads 4 and 5: what fair scheduling costs (throughput with many
+//! active keys, and with a throttled key in the mix) and how accurately it
+//! shares deliveries by weight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::brokers::fila::{create_queue, Shape};
+use crate::brokers::fila_server::FilaServer;
+use crate::load::{Consume, KeyCounts};
+use crate::measure::{Probe, Stat};
+use crate::report::{thousands, Section, Unit};
+use crate::suite::Suite;
+
+use super::fila_load::{fill, lifecycle};
+use super::lifecycle::acked_rate;
+use super::{record_all, Figures};
+
+const QUEUE: &str = "fair";
+/// The throttle key of the throttled-key case, and its rate.
+const SLOW: &str = "slow";
+const SLOW_RATE: f64 = 10.0;
+/// Weights of the accuracy run.
+const WEIGHTS: [u32; 5] = [1, 2, 3, 4, 5];
+
+fn keys_label(keys: usize) -> String {
+    format!("{} key{}", thousands(keys as u64), if keys == 1 { "" } else { "s" })
+}
+
+pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
+    let scale = suite.scale.clone();
+    section.method = format!(
+        "Batched lifecycle throughput (as in 2) on one queue whose producers spread messages over N fairness \
+         keys in turn. Before measuring, {} messages (at least 10 per key) are queued over the same keys, so \
+         that every key stays active (has ready messages) throughout; the active-key count at the end checks it. \
+         The throttled case adds a key with {} queued messages that all carry a throttle key limited to \
+         {SLOW_RATE} per second, so the scheduler keeps meeting a key it must hold back.",
+        thousands(scale.standing_backlog),
+        thousands(scale.max_backlog)
+    );
+    let keys = scale.key_counts[scale.key_counts.len() / 2];
+    let cases = scale.key_counts.iter().map(|&k| (k, false)).chain([(keys, true)]);
+    for (count, throttled) in cases {
+        let mut case = keys_label(count);
+        if throttled {
+            case.push_str(" + 1 throttled key");
+        }
+        let result = keyed_throughput(suite, count, throttled).await;
+        record_all(section, &mut suite.failures, &case, "fila", result);
+        let base = section.value(&keys_label(1), "throughput", "fila");
+        if let (Some(base), Some(value), true) = (base, section.value(&case, "throughput", "fila"), count > 1) {
+            section.add(&case, "of 1 key's throughput", Unit::Percent, "fila", Stat::once(value / base * 100.0));
+        }
+    }
+    let relative = |keys: usize| section.value(&keys_label(keys), "of 1 key's throughput", "fila");
+    let most = scale.key_counts.iter().copied().max().unwrap_or(1);
+    let target = format!("Lifecycle with {} active keys: ≥ 90% of one key's", thousands(most as u64));
+    suite.target(&target, relative(most), Unit::Percent, |v| v >= 90.0);
+    let target = format!("Fair scheduling overhead, {} keys vs one: < 2%", thousands(keys as u64));
+    suite.target(&target, relative(keys).map(|v| 100.0 - v), Unit::Percent, |v| v < 2.0);
+    Ok(())
+}
+
+/// Throughput with `keys` active keys (and a throttled key if asked), and
+/// the number of active keys at the end as a check.
+async fn keyed_throughput(suite: &Suite, keys: usize, throttled: bool) -> Result<Figures> {
+    let scale = &suite.scale;
+    let server = FilaServer::start(&suite.fila_binary, &[], true).await?;
+    let client = server.client().await?;
+    create_queue(&client, QUEUE).await?;
+    let shape = Shape::keys(keys);
+    if throttled {
+        client.set_throttle(SLOW, SLOW_RATE, Some(1.0)).await.context("SetThrottle")?;
+        let slow = Shape {
+            keys: vec!["throttled".to_owned()].into(),
+            throttle_keys: vec![SLOW.to_owned()],
+            ..Shape::default()
+        };
+        fill(&server, QUEUE, &slow, None, scale.max_backlog).await?;
+    }
+    fill(&server, QUEUE, &shape, None, scale.standing_backlog.max(keys as u64 * 10)).await?;
+    let consume = Consume { batch: scale.batch, ..Consume::default() };
+    let load = lifecycle(&server, QUEUE, scale, &shape, scale.lifecycle_produce(scale.batch), consume).await?;
+    let throughput = acked_rate(&scale.plan, load).await?;
+    let stats = client.queue_stats(QUEUE, Some(1)).await.context("GetQueueStats")?;
+    Ok(vec![
+        ("throughput".into(), Unit::MsgPerSec, throughput),
+        ("active keys at the end".into(), Unit::Count, Stat::once(stats.active_keys as f64)),
+    ])
+}
+
+pub async fn accuracy(suite: &mut Suite, section: &mut Section) -> Result<()> {
+    section.method = format!(
+        "Five fairness keys with weights {WEIGHTS:?} (SetFairnessWeight) on one queue, all kept backlogged: \
+         producers send to each key in proportion to its weight on top of a standing backlog (as in 4), consumers take \
+         everything as fast as they can (batched lifecycle). Share of each key's deliveries per window against \
+         its fair share (weight / 15); the deviation is |actual − fair| / fair."
+    );
+    let result = measure_accuracy(suite).await;
+    record_all(section, &mut suite.failures, "weights 1:2:3:4:5, sustained", "fila", result);
+    Ok(())
+}
+
+fn weighted_key(weight: u32) -> String {
+    format!("weight-{weight}")
+}
+
+async fn measure_accuracy(suite: &Suite) -> Result<Figures> {
+    let scale = &suite.scale;
+    let server = FilaServer::start(&suite.fila_binary, &[], true).await?;
+    let client = server.client().await?;
+    create_queue(&client, QUEUE).await?;
+    for weight in WEIGHTS {
+        client.set_fairness_weight(QUEUE, &weighted_key(weight), Some(weight)).await.context("SetFairnessWeight")?;
+    }
+    // Key of weight w appears w times, so it gets w/15 of the messages.
+    let keys: Vec<String> = WEIGHTS.iter().flat_map(|&w| std::iter::repeat_n(weighted_key(w), w as usize)).collect();
+    let shape = Shape { keys: keys.into(), ..Shape::default() };
+    fill(&server, QUEUE, &shape, None, scale.standing_backlog).await?;
+    let counts = Arc::new(KeyCounts::new(WEIGHTS.map(weighted_key)));
+    let consume = Consume { batch: scale.batch, per_key: Some(counts.clone()), latency: None };
+    let load = lifecycle(&server, QUEUE, scale, &shape, scale.lifecycle_produce(scale.batch), consume).await?;
+    let windows = scale.plan.measure_and_stop(load, &mut Shares { counts, start: HashMap::new() }).await?;
+
+    let total: u32 = WEIGHTS.iter().sum();
+    let deviation = |shares: &HashMap<String, f64>, w: u32| {
+        let fair = w as f64 / total as f64;
+        (shares[&weighted_key(w)] - fair).abs() / fair * 100.0
+    };
+    let max_deviation = windows.iter().map(|s| WEIGHTS.iter().map(|&w| deviation(s, w)).fold(0.0, f64::max));
+    let mut figures = vec![("max deviation from fair share".into(), Unit::Percent, Stat::of(max_deviation.collect()))];
+    for w in WEIGHTS {
+        let metric = format!("share of weight {w} (fair {:.1} %)", w as f64 / total as f64 * 100.0);
+        let shares = windows.iter().map(|s| s[&weighted_key(w)] * 100.0).collect();
+        figures.push((metric, Unit::Percent, Stat::of(shares)));
+    }
+    Ok(figures)
+}
+
+/// Each key's share of the deliveries within a window.
+struct Shares {
+    counts: Arc<KeyCounts>,
+    start: HashMap<String, u64>,
+}
+
+impl Probe for Shares {
+    type Output = HashMap<String, f64>;
+
+    async fn begin(&mut self) -> Result<()> {
+        self.start = self.counts.snapshot();
+        Ok(())
+    }
+
+    async fn end(&mut self, _elapsed: Duration) -> Result<Self::Output> {
+        let delivered: HashMap<String, u64> =
+            self.counts.snapshot().into_iter().map(|(k, n)| (k.clone(), n - self.start[&k])).collect();
+        let total: u64 = delivered.values().sum();
+        anyhow::ensure!(total > 0, "nothing was delivered during the window");
+        Ok(delivered.into_iter().map(|(k, n)| (k, n as f64 / total as f64)).collect())
+    }
+}
