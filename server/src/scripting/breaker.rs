@@ -91,12 +91,13 @@ impl Breaker {
         }
     }
 
-    /// Whether the hook may be called at `now`. Moves an open breaker whose
-    /// cool-down has passed to half-open; counts a skipped call otherwise.
-    pub(super) fn admit(&mut self, now: Instant) -> bool {
+    /// Whether the hook may be called now (`now` is called only if the
+    /// breaker is open). Moves an open breaker whose cool-down has passed to
+    /// half-open; counts a skipped call otherwise.
+    pub(super) fn admit(&mut self, now: impl FnOnce() -> Instant) -> bool {
         if self.state == BreakerState::Open {
             match self.open_until {
-                Some(until) if now < until => {
+                Some(until) if now() < until => {
                     self.stats.skipped += 1;
                     return false;
                 }
@@ -106,8 +107,9 @@ impl Breaker {
         true
     }
 
-    /// Records the outcome of an admitted call.
-    pub(super) fn record(&mut self, outcome: Outcome, now: Instant) {
+    /// Records the outcome of an admitted call (`now` is called only for a
+    /// failure).
+    pub(super) fn record(&mut self, outcome: Outcome, now: impl FnOnce() -> Instant) {
         self.stats.calls += 1;
         match outcome {
             Outcome::Success => {
@@ -123,7 +125,7 @@ impl Breaker {
         }
         self.stats.consecutive_failures = self.stats.consecutive_failures.saturating_add(1);
         if self.state == BreakerState::HalfOpen || self.stats.consecutive_failures >= self.threshold {
-            self.open_until = Some(now + self.cooldown);
+            self.open_until = Some(now() + self.cooldown);
             self.set_state(BreakerState::Open);
         }
     }
@@ -156,16 +158,16 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, COOLDOWN);
         for outcome in [Outcome::Error, Outcome::Timeout] {
-            assert!(b.admit(t0));
-            b.record(outcome, t0);
+            assert!(b.admit(|| t0));
+            b.record(outcome, || t0);
             assert_eq!(b.stats(t0).breaker, BreakerState::Closed);
         }
-        assert!(b.admit(t0));
-        b.record(Outcome::Memory, t0);
+        assert!(b.admit(|| t0));
+        b.record(Outcome::Memory, || t0);
         let stats = b.stats(t0);
         assert_eq!(stats.breaker, BreakerState::Open);
         assert_eq!((stats.calls, stats.errors, stats.timeouts, stats.memory_errors), (3, 1, 1, 1));
-        assert!(!b.admit(t0 + COOLDOWN - Duration::from_millis(1)));
+        assert!(!b.admit(|| t0 + COOLDOWN - Duration::from_millis(1)));
         assert_eq!(b.stats(t0).skipped, 1);
     }
 
@@ -174,8 +176,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, COOLDOWN);
         for outcome in [Outcome::Error, Outcome::BadReturn, Outcome::Success, Outcome::Error, Outcome::Error] {
-            assert!(b.admit(t0));
-            b.record(outcome, t0);
+            assert!(b.admit(|| t0));
+            b.record(outcome, || t0);
         }
         assert_eq!(b.stats(t0).breaker, BreakerState::Closed);
         assert_eq!(b.stats(t0).consecutive_failures, 2);
@@ -186,8 +188,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, COOLDOWN);
         for _ in 0..3 {
-            b.admit(t0);
-            b.record(Outcome::Error, t0);
+            b.admit(|| t0);
+            b.record(Outcome::Error, || t0);
         }
         let t1 = t0 + COOLDOWN;
         assert_eq!(b.stats(t1 - Duration::from_millis(1)).breaker, BreakerState::Open);
@@ -195,17 +197,17 @@ mod tests {
         // call is the trial.
         assert_eq!(b.stats(t1).breaker, BreakerState::HalfOpen);
         // Trial fails: open for another full cool-down from the trial.
-        assert!(b.admit(t1));
-        b.record(Outcome::Error, t1);
+        assert!(b.admit(|| t1));
+        b.record(Outcome::Error, || t1);
         assert_eq!(b.stats(t1).breaker, BreakerState::Open);
-        assert!(!b.admit(t1 + COOLDOWN / 2));
+        assert!(!b.admit(|| t1 + COOLDOWN / 2));
         // Trial succeeds: closed.
         let t2 = t1 + COOLDOWN;
         assert_eq!(b.stats(t2).breaker, BreakerState::HalfOpen);
-        assert!(b.admit(t2));
-        b.record(Outcome::Success, t2);
+        assert!(b.admit(|| t2));
+        b.record(Outcome::Success, || t2);
         assert_eq!(b.stats(t2).breaker, BreakerState::Closed);
         assert_eq!(b.stats(t2).consecutive_failures, 0);
-        assert!(b.admit(t2));
+        assert!(b.admit(|| t2));
     }
 }

@@ -318,11 +318,10 @@ pub fn test_on_failure(
 }
 
 fn run_on_enqueue(vm: &Vm, msg: &ScriptMessage<'_>, config: &dyn ConfigSource) -> Result<EnqueueDecision, ScriptError> {
-    let with_payload = vm.wants_payload();
     vm.call(
         config,
         |lua, hook| {
-            let (queue, headers, size, payload) = convert::message_fields(lua, msg, with_payload)?;
+            let (queue, headers, size, payload) = convert::message_fields(vm, lua, msg)?;
             Ok((hook.clone(), queue, headers, size, payload))
         },
         |value| {
@@ -339,11 +338,10 @@ fn run_on_failure(
     error: &str,
     config: &dyn ConfigSource,
 ) -> Result<Option<FailureDecision>, ScriptError> {
-    let with_payload = vm.wants_payload();
     vm.call(
         config,
         |lua, hook| {
-            let (queue, headers, size, payload) = convert::message_fields(lua, msg, with_payload)?;
+            let (queue, headers, size, payload) = convert::message_fields(vm, lua, msg)?;
             Ok((hook.clone(), queue, headers, size, payload, attempts, error))
         },
         |value| {
@@ -359,7 +357,9 @@ fn guarded<R>(
     name: ScriptHook,
     call: impl FnOnce(&Vm) -> Result<R, ScriptError>,
 ) -> Result<R, ScriptError> {
-    if !hook.breaker.admit(Instant::now()) {
+    // The breaker reads the clock only when it needs the time (an open
+    // breaker, a failure), which most calls do not.
+    if !hook.breaker.admit(Instant::now) {
         return Err(ScriptError::BreakerOpen { hook: name });
     }
     let result = call(&hook.vm);
@@ -370,6 +370,6 @@ fn guarded<R>(
         Err(ScriptError::BadReturn { .. }) => Outcome::BadReturn,
         Err(_) => Outcome::Error,
     };
-    hook.breaker.record(outcome, Instant::now());
+    hook.breaker.record(outcome, Instant::now);
     result
 }

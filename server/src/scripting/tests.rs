@@ -950,3 +950,267 @@ mod random_patterns {
         }
     }
 }
+
+mod json_documents {
+    use mlua::{Lua, Value};
+    use proptest::prelude::*;
+    use serde_json::Value as Json;
+
+    use super::super::json;
+
+    /// A Lua value as comparable text (table entries sorted).
+    fn lua_text(value: &Value) -> String {
+        match value {
+            Value::Nil => "nil".into(),
+            Value::Boolean(b) => b.to_string(),
+            Value::Integer(i) => format!("i{i}"),
+            Value::Number(n) => format!("f{n:?}"),
+            Value::String(s) => format!("s{:?}", s.as_bytes().to_vec()),
+            Value::Table(t) => {
+                let mut entries: Vec<String> = t
+                    .pairs::<Value, Value>()
+                    .map(|pair| {
+                        let (k, v) = pair.unwrap();
+                        format!("{}={}", lua_text(&k), lua_text(&v))
+                    })
+                    .collect();
+                entries.sort();
+                format!("{{{}}}", entries.join(","))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// What `fila.json_decode` documents for a parsed document, in the
+    /// form of `lua_text`: `null` is `nil`, integers that fit 64 bits are
+    /// integers, arrays are sequences.
+    fn json_text(json: &Json) -> String {
+        match json {
+            Json::Null => "nil".into(),
+            Json::Bool(b) => b.to_string(),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => format!("i{i}"),
+                None => format!("f{:?}", n.as_f64().unwrap()),
+            },
+            Json::String(s) => format!("s{:?}", s.as_bytes().to_vec()),
+            Json::Array(items) => {
+                let mut entries: Vec<String> = items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(i, v)| format!("i{}={}", i + 1, json_text(v)))
+                    .collect();
+                entries.sort();
+                format!("{{{}}}", entries.join(","))
+            }
+            Json::Object(fields) => {
+                let mut entries: Vec<String> = fields
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| format!("s{:?}={}", k.as_bytes().to_vec(), json_text(v)))
+                    .collect();
+                entries.sort();
+                format!("{{{}}}", entries.join(","))
+            }
+        }
+    }
+
+    /// Decodes `text` as `fila.json_decode` does and checks the result (or
+    /// the error message) against `serde_json::Value`'s reading of it.
+    fn check(text: &[u8]) {
+        for limit in [0, 64 * 1024 * 1024] {
+            let lua = Lua::new();
+            lua.set_memory_limit(limit).unwrap();
+            let (ok, value, _) = json::decode(&lua, Value::String(lua.create_string(text).unwrap())).unwrap();
+            match serde_json::from_slice::<Json>(text) {
+                Ok(expected) => {
+                    assert!(ok, "{:?}: {value:?}", String::from_utf8_lossy(text));
+                    assert_eq!(lua_text(&value), json_text(&expected), "{:?}", String::from_utf8_lossy(text));
+                }
+                Err(e) => {
+                    assert!(!ok, "{:?}", String::from_utf8_lossy(text));
+                    let Value::String(message) = value else { panic!("{value:?}") };
+                    assert_eq!(message.to_str().unwrap(), format!("fila.json_decode: invalid JSON: {e}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        for text in [
+            "null",
+            "true",
+            r#""""#,
+            r#""a\"b\u00e9\ud83d\ude00""#,
+            "0",
+            "-0",
+            "-0.0",
+            "1e400",
+            "-1e400",
+            "1.5e300",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "[]",
+            "{}",
+            "[null]",
+            "[1,null,3,null]",
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":1,"a":null}"#,
+            r#"{"a":null,"a":1}"#,
+            r#"{"a\nb":{"c\u0041":[[],{}]}}"#,
+            r#"{"1":1,"2":2}"#,
+            " [1, 2] ",
+            "[1] x",
+            "[1,]",
+            "{\"a\":}",
+            "",
+            "[",
+            "{oops",
+            "\"\\x\"",
+            "\"\u{1}\"",
+            "nul",
+            "01",
+        ] {
+            check(text.as_bytes());
+        }
+        check(b"\"\xff\"");
+        // Over 64 KiB: built with the memory limit checked per allocation.
+        let big = format!("[{}0]", r#"{"a":[1,"x\n",null,{"b":2.5}]},"#.repeat(3000));
+        assert!(big.len() > 64 * 1024);
+        check(big.as_bytes());
+        check(&big.as_bytes()[..big.len() - 1]);
+        check(&[b'['; 127].into_iter().chain([b']'; 127]).collect::<Vec<u8>>());
+        check(&[b'['; 129].into_iter().chain([b']'; 129]).collect::<Vec<u8>>());
+    }
+
+    fn json() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::Bool),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            any::<f64>().prop_filter("finite", |n| n.is_finite()).prop_map(Json::from),
+            "\\PC{0,6}".prop_map(Json::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Json::Array),
+                proptest::collection::vec(("[ab\"\\\\é\n]{0,3}", inner), 0..6)
+                    .prop_map(|fields| Json::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Random documents, and the same with one byte changed or cut off
+        /// (mostly invalid): the same values or the same error as
+        /// `serde_json::Value`.
+        #[test]
+        fn decode_like_serde_json(doc in json(), cut in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0u8..3) {
+            let mut text = serde_json::to_vec(&doc).unwrap();
+            let at = cut.index(text.len());
+            match how {
+                0 => {}
+                1 => text.truncate(at),
+                _ => text[at] = byte,
+            }
+            check(&text);
+        }
+    }
+}
+
+mod returned_tables {
+    use mlua::{Lua, Value};
+    use proptest::prelude::*;
+
+    use super::super::convert;
+
+    fn value() -> impl Strategy<Value = String> {
+        let scalar = prop::sample::select(vec![
+            "nil",
+            "true",
+            "''",
+            "'k'",
+            "'retry'",
+            "'dlq'",
+            "'\\255'",
+            "string.rep('k', 256)",
+            "string.rep('k', 257)",
+            "-1",
+            "0",
+            "1",
+            "5",
+            "1000000",
+            "1000001",
+            "604800000",
+            "604800001",
+            "2.0",
+            "2.5",
+            "{}",
+        ])
+        .prop_map(str::to_owned);
+        let list =
+            proptest::collection::vec(scalar.clone(), 0..18).prop_map(|items| format!("{{ {} }}", items.join(", ")));
+        let odd = prop::sample::select(vec![
+            "{ [1] = 'a', [3] = 'c' }",
+            "{ [2] = 'a' }",
+            "{ x = 'a' }",
+            "{ 'a', x = 'b' }",
+            "{ [0] = 'a', 'b' }",
+            "{ [1.5] = 'a' }",
+            "setmetatable({}, { __index = function() return 'k' end })",
+        ])
+        .prop_map(str::to_owned);
+        prop_oneof![4 => scalar, 2 => list, 1 => odd]
+    }
+
+    fn table(names: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::collection::vec((prop::sample::select(names), value()), 0..6).prop_map(|fields| {
+            let fields: Vec<String> = fields.into_iter().map(|(name, value)| format!("[{name}] = {value}")).collect();
+            format!("{{ {} }}", fields.join(", "))
+        })
+    }
+
+    fn eval(lua: &Lua, expression: &str) -> Value {
+        lua.load(format!("return {expression}")).eval().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Tables of known fields are read by name; the decision (or error)
+        /// is what reading the table's entries in order gives.
+        #[test]
+        fn enqueue_fields_read_by_name_decide_as_the_entries(
+            expression in table(&["'fairness_key'", "'weight'", "'throttle_keys'", "'other'", "1"]),
+        ) {
+            let lua = Lua::new();
+            let Value::Table(table) = eval(&lua, &expression) else { unreachable!() };
+            prop_assert_eq!(
+                convert::enqueue_decision(Value::Table(table.clone())),
+                convert::enqueue_entries(&table),
+                "{}", expression
+            );
+        }
+
+        #[test]
+        fn failure_fields_read_by_name_decide_as_the_entries(
+            expression in table(&["'action'", "'delay_ms'", "'other'", "1"]),
+        ) {
+            let lua = Lua::new();
+            let Value::Table(table) = eval(&lua, &expression) else { unreachable!() };
+            prop_assert_eq!(
+                convert::failure_decision(Value::Table(table.clone())),
+                convert::failure_entries(&table),
+                "{}", expression
+            );
+        }
+    }
+}
