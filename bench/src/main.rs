@@ -113,7 +113,12 @@ async fn start_peer(id: &str) -> Result<(Box<dyn System>, SystemInfo)> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    // On Ctrl-C the run is dropped, and with it every broker it started.
+    let result = tokio::select! {
+        result = run(Args::parse()) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fila-bench: {error:#}");

@@ -110,6 +110,11 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// How long one readiness attempt may take: a client whose connection
+/// attempt hangs (it happened with lapin against a booting RabbitMQ) is
+/// given up and tried again.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
+
 /// Calls `attempt` until it succeeds, `process` exits, or `limit` passes;
 /// returns the success and how long it took.
 pub async fn wait_until_serving<T, F, Fut>(
@@ -123,9 +128,10 @@ where
 {
     let started = Instant::now();
     loop {
-        let error = match attempt().await {
-            Ok(value) => return Ok((value, started.elapsed())),
-            Err(error) => error,
+        let error = match tokio::time::timeout(ATTEMPT_LIMIT, attempt()).await {
+            Ok(Ok(value)) => return Ok((value, started.elapsed())),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::anyhow!("no answer within {ATTEMPT_LIMIT:?}"),
         };
         process.check_running()?;
         if started.elapsed() > limit {

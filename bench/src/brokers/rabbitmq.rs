@@ -23,6 +23,8 @@ use crate::process::{first_line_of, free_port, wait_until_serving, Process};
 /// properly on SIGTERM. (`/usr/sbin/rabbitmq-server` would switch to the
 /// `rabbitmq` user and use the system's directories.)
 const START_SCRIPT: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// A connection attempt that takes longer is abandoned.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// AMQP delivery mode 2: persistent (written to disk before it is confirmed).
 const PERSISTENT: u8 = 2;
 
@@ -61,13 +63,13 @@ impl RabbitMqSystem {
             .env("ERL_EPMD_PORT", epmd_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", d.join("log"));
-        let mut process = Process::spawn("rabbitmq-server", command, &d.join("rabbitmq.log"))?.stop_gracefully();
+        let process = Process::spawn("rabbitmq-server", command, &d.join("rabbitmq.log"))?.stop_gracefully();
         let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-        let mut system = RabbitMqSystem { process: None, uri, epmd_port, _dir: dir };
-        let uri = system.uri.clone();
-        let ready = wait_until_serving(&mut process, Duration::from_secs(60), || connect(&uri)).await;
-        system.process = Some(process);
-        ready?;
+        // Owned by `system` from here on, so that a failed or interrupted
+        // start also stops the node and its port mapper.
+        let mut system = RabbitMqSystem { process: Some(process), uri: uri.clone(), epmd_port, _dir: dir };
+        let process = system.process.as_mut().expect("just set");
+        wait_until_serving(process, Duration::from_secs(60), || connect(&uri)).await?;
         Ok(system)
     }
 
@@ -110,7 +112,11 @@ impl Drop for RabbitMqSystem {
 }
 
 async fn connect(uri: &str) -> Result<Connection> {
-    Connection::connect(uri, ConnectionProperties::default()).await.context("connecting to RabbitMQ")
+    let connecting = Connection::connect(uri, ConnectionProperties::default());
+    tokio::time::timeout(CONNECT_LIMIT, connecting)
+        .await
+        .context("connecting to RabbitMQ: no answer")?
+        .context("connecting to RabbitMQ")
 }
 
 impl System for RabbitMqSystem {

@@ -11,7 +11,7 @@ mod lifecycle;
 mod lua;
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -66,15 +66,23 @@ pub async fn run(id: &str, suite: &mut Suite, section: &mut Section) -> Result<(
     }
 }
 
+/// However a broker misbehaves, a side-by-side case ends within this.
+const CASE_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs `measure` on a fresh `QUEUE` of `system`, then removes the queue;
 /// if both fail, the measurement's error is the one reported.
 async fn on_fresh_queue<T>(system: &mut dyn System, measure: impl AsyncFnOnce(&dyn System) -> Result<T>) -> Result<T> {
-    system.fresh_queue(QUEUE).await?;
-    let measured = measure(&*system).await;
-    let removed = system.remove_queue(QUEUE).await;
-    let value = measured?;
-    removed?;
-    Ok(value)
+    let case = async {
+        system.fresh_queue(QUEUE).await?;
+        let measured = measure(&*system).await;
+        let removed = system.remove_queue(QUEUE).await;
+        let value = measured?;
+        removed?;
+        Ok(value)
+    };
+    tokio::time::timeout(CASE_LIMIT, case)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("not done within {CASE_LIMIT:?}")))
 }
 
 fn batching_label(batch: usize) -> String {
