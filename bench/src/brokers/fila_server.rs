@@ -13,6 +13,8 @@ use crate::process::{free_port, wait_until_serving, Process};
 
 /// How long a start (including recovery of a large database) may take.
 const START_LIMIT: Duration = Duration::from_secs(120);
+/// Starts tried with fresh ports when the chosen ones were taken meanwhile.
+const START_ATTEMPTS: usize = 3;
 
 /// Finds the `fila-server` binary: `$FILA_SERVER_BIN`, else the one next to
 /// this executable (same target directory and profile). When run through
@@ -70,6 +72,18 @@ impl FilaServer {
     /// Starts a server with an empty database. `args` are extra flags
     /// (`--sync-writes`, ...); `telemetry: false` passes `--metrics-listen off`.
     pub async fn start(binary: &Path, args: &[&str], telemetry: bool) -> Result<Self> {
+        // A port found free can be taken (by the ephemeral port of some
+        // connection) before the server binds it; then try other ports.
+        for _ in 1..START_ATTEMPTS {
+            match Self::start_once(binary, args, telemetry).await {
+                Err(error) if format!("{error:#}").contains("Address already in use") => continue,
+                result => return result,
+            }
+        }
+        Self::start_once(binary, args, telemetry).await
+    }
+
+    async fn start_once(binary: &Path, args: &[&str], telemetry: bool) -> Result<Self> {
         let metrics_addr = if telemetry { Some(format!("127.0.0.1:{}", free_port()?)) } else { None };
         let mut server = FilaServer {
             process: None,
