@@ -143,7 +143,7 @@ async fn run(args: Args) -> Result<()> {
         targets: Vec::new(),
         failures: Vec::new(),
     };
-    let mut systems = vec![FilaSystem::info(&fila_binary)?];
+    let mut system_infos = vec![FilaSystem::info(&fila_binary)?];
     if workloads.iter().any(|w| w.side_by_side) {
         for peer in peers {
             let starting = Instant::now();
@@ -151,7 +151,7 @@ async fn run(args: Args) -> Result<()> {
                 Ok((system, info)) => {
                     eprintln!("started {} in {:.1} s", info.name, starting.elapsed().as_secs_f64());
                     suite.systems.push(system);
-                    systems.push(info);
+                    system_infos.push(info);
                 }
                 Err(error) => suite.failures.push(format!("starting {peer}: {error:#}")),
             }
@@ -187,7 +187,7 @@ async fn run(args: Args) -> Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         machine,
         plan: suite.scale.plan,
-        systems,
+        systems: system_infos,
         sections,
         targets: suite.targets,
         failures: suite.failures,
