@@ -4,7 +4,8 @@
 //! kept in an ordered map (not a heap) so an ack removes its timer at once
 //! instead of leaving it behind until it would have fired.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::broker::FastMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -43,9 +44,9 @@ pub enum TokenState {
 }
 
 pub struct LeaseTable {
-    by_message: HashMap<MessageId, Lease>,
+    by_message: FastMap<MessageId, Lease>,
     deadlines: BTreeMap<(Instant, u64), MessageId>,
-    recent_acks: HashMap<MessageId, u64>,
+    recent_acks: FastMap<MessageId, u64>,
     recent_order: VecDeque<MessageId>,
     next_lease: u64,
 }
@@ -62,9 +63,9 @@ impl LeaseTable {
         // from before a restart can never match a lease granted after it.
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         LeaseTable {
-            by_message: HashMap::new(),
+            by_message: FastMap::default(),
             deadlines: BTreeMap::new(),
-            recent_acks: HashMap::new(),
+            recent_acks: FastMap::default(),
             recent_order: VecDeque::new(),
             next_lease: seed,
         }

@@ -7,7 +7,8 @@
 //! a small read-ahead buffer, so memory grows with active keys and leases,
 //! not with queue depth.
 
-use std::collections::{HashMap, VecDeque};
+use crate::broker::FastMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::consumers::ConsumerId;
@@ -92,11 +93,11 @@ pub struct QueueState {
     pub name: Arc<str>,
     /// Keys with ready or leased messages. A key with neither has no entry:
     /// with nothing of it in storage, its cursors no longer matter.
-    pub keys: HashMap<Arc<str>, KeyState>,
+    pub keys: FastMap<Arc<str>, KeyState>,
     /// Keys with deliverable messages, in DRR service order.
     pub drr: Drr<Arc<str>>,
     /// Operator overrides of key weights; they win over message weights.
-    pub weight_overrides: HashMap<Arc<str>, u32>,
+    pub weight_overrides: FastMap<Arc<str>, u32>,
     /// Consumers with room in their window, in service order.
     pub waiting_consumers: VecDeque<ConsumerId>,
     pub consumers: u32,
@@ -117,8 +118,8 @@ impl QueueState {
             drr: Drr::new(def.settings.quantum),
             scripts: None,
             def,
-            keys: HashMap::new(),
-            weight_overrides: HashMap::new(),
+            keys: FastMap::default(),
+            weight_overrides: FastMap::default(),
             waiting_consumers: VecDeque::new(),
             consumers: 0,
             pending: 0,
@@ -219,7 +220,7 @@ impl QueueState {
 
 /// A key's weight: an operator override wins over message weights. (A free
 /// function so the dispatcher can call it while it holds the key's state.)
-pub fn effective_weight(overrides: &HashMap<Arc<str>, u32>, key: &str, state: &KeyState) -> u32 {
+pub fn effective_weight(overrides: &FastMap<Arc<str>, u32>, key: &str, state: &KeyState) -> u32 {
     overrides.get(key).copied().unwrap_or(state.message_weight)
 }
 

@@ -5,7 +5,7 @@
 //! unlimited and cost nothing. Buckets refill lazily from the clock when they
 //! are looked at, so idle keys cost no work.
 
-use std::collections::HashMap;
+use crate::broker::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,7 @@ impl TokenBucket {
 /// All configured buckets.
 #[derive(Debug, Default)]
 pub struct Throttles {
-    buckets: HashMap<Arc<str>, TokenBucket>,
+    buckets: FastMap<Arc<str>, TokenBucket>,
 }
 
 impl Throttles {

@@ -620,7 +620,8 @@ mod tests {
     }
 
     fn pending_by_key(rec: &Recovered) -> Vec<(QueueId, String, u64)> {
-        let mut lanes: Vec<_> = rec.lanes.iter().map(|l| (l.queue, l.lane.fairness_key.to_string(), l.pending)).collect();
+        let mut lanes: Vec<_> =
+            rec.lanes.iter().map(|l| (l.queue, l.lane.fairness_key.to_string(), l.pending)).collect();
         lanes.sort();
         lanes
     }

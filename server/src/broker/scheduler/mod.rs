@@ -23,6 +23,7 @@ mod inspect;
 mod limits;
 mod snapshot;
 use super::observer::{Observer, SNAPSHOT_INTERVAL};
+use super::FastMap;
 use super::{
     ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
     SettingsUpdate, ThrottleInfo, ThrottlePage,
@@ -259,9 +260,9 @@ impl Round {
 
 pub struct Scheduler<S: Store> {
     store: S,
-    queues: HashMap<QueueId, QueueState>,
+    queues: FastMap<QueueId, QueueState>,
     names: BTreeMap<String, QueueId>,
-    consumers: HashMap<ConsumerId, Consumer>,
+    consumers: FastMap<ConsumerId, Consumer>,
     leases: LeaseTable,
     dirty: Vec<QueueId>,
     next_seq: u64,
@@ -290,9 +291,9 @@ impl<S: Store> Scheduler<S> {
         let recovered = store.recover()?;
         let mut scheduler = Scheduler {
             store,
-            queues: HashMap::new(),
+            queues: FastMap::default(),
             names: BTreeMap::new(),
-            consumers: HashMap::new(),
+            consumers: FastMap::default(),
             leases: LeaseTable::new(),
             dirty: Vec::new(),
             next_seq: recovered.max_seq + 1,
