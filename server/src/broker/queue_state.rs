@@ -172,6 +172,22 @@ impl QueueState {
         key
     }
 
+    /// Appends a just-stored ready message (already counted by
+    /// [`QueueState::add_ready`]) to its lane's buffer if the buffer holds
+    /// every other ready message of the lane, i.e. the message is exactly
+    /// what the next read from storage would return. Returns whether it
+    /// was buffered.
+    pub fn buffer_if_caught_up(&mut self, lane: &Lane, message: StoredMessage) -> bool {
+        let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return false };
+        let Some(l) = state.lane_mut(&lane.throttle) else { return false };
+        if l.buffer.len() as u64 + 1 != l.pending || message.seq <= l.cursor {
+            return false;
+        }
+        l.cursor = message.seq;
+        l.buffer.push_back(message);
+        true
+    }
+
     /// Puts a parked key back into the rotation if its ticket is current.
     pub fn unpark(&mut self, key: &str, ticket: u64) -> bool {
         let Some((k, _)) = self.keys.get_key_value(key) else { return false };
@@ -270,6 +286,24 @@ mod tests {
         q.lease_ended(&l);
         assert!(q.keys.is_empty());
         assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn a_stored_message_is_buffered_only_when_the_lane_is_caught_up() {
+        let mut q = queue();
+        let l = lane("a", &[]);
+        let stored = |seq| StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() };
+        q.add_ready(&l, 1, None);
+        assert!(q.buffer_if_caught_up(&l, stored(1)), "an empty lane is caught up");
+        q.add_ready(&l, 1, None);
+        assert!(q.buffer_if_caught_up(&l, stored(2)));
+        assert_eq!(q.keys["a"].lanes[0].cursor, 2);
+        // A message counted but left in storage: later ones must wait for
+        // the read, or they would overtake it.
+        q.add_ready(&l, 1, None);
+        q.add_ready(&l, 1, None);
+        assert!(!q.buffer_if_caught_up(&l, stored(4)));
+        assert_eq!(q.keys["a"].lanes[0].buffer.len(), 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Round, Scheduler};
+use super::{Round, Scheduler, SentWeight};
 use crate::broker::failure_policy::{backoff, default_action, FailureAction};
 use crate::broker::leases::Lease;
 use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
@@ -61,29 +61,10 @@ impl<S: Store> Scheduler<S> {
             }
             _ => {
                 record.ready_after(Duration::ZERO);
-                self.put_ready(queue_id, &lease.lane, id, record.weight, record.encode_bytes(), round)
+                self.store_ready(queue_id, lease.lane, id, SentWeight::Kept(record.weight), record.encode_bytes(), round)
             }
         }
         Ok(())
-    }
-
-    /// Stores a message at the tail of its lane, ready now.
-    fn put_ready(
-        &mut self,
-        queue_id: QueueId,
-        lane: &Lane,
-        id: MessageId,
-        weight: u32,
-        record: Bytes,
-        round: &mut Round,
-    ) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        round.changes.push(Change::PutMessage { queue: queue_id, lane: lane.clone(), seq, id, weight, record });
-        if let Some(queue) = self.queues.get_mut(&queue_id) {
-            queue.add_ready(lane, 1, None);
-        }
-        Self::mark_dirty(&mut self.dirty, queue_id);
     }
 
     /// Moves a message to a dead-letter queue, keeping its headers, payload,
@@ -91,7 +72,7 @@ impl<S: Store> Scheduler<S> {
     fn dead_letter(&mut self, dlq: QueueId, id: MessageId, mut record: MessageRecord, round: &mut Round) {
         record.ready_after(Duration::ZERO);
         let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::default());
-        self.put_ready(dlq, &lane, id, record.weight, record.encode_bytes(), round);
+        self.store_ready(dlq, lane, id, SentWeight::Kept(record.weight), record.encode_bytes(), round);
     }
 
     /// Stores a message that becomes ready at `due_ms`.
@@ -127,19 +108,8 @@ impl<S: Store> Scheduler<S> {
             // A message of a deleted queue is simply dropped.
             let Some(queue) = self.queues.get_mut(&message.queue) else { continue };
             queue.delayed -= 1;
-            let weight = (message.weight > 0).then_some(message.weight);
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            queue.add_ready(&message.lane, 1, weight);
-            round.changes.push(Change::PutMessage {
-                queue: message.queue,
-                lane: message.lane,
-                seq,
-                id: message.id,
-                weight: message.weight,
-                record: message.record,
-            });
-            Self::mark_dirty(&mut self.dirty, message.queue);
+            let weight = SentWeight::SetsKeyWeight(message.weight);
+            self.store_ready(message.queue, message.lane, message.id, weight, message.record, round);
         }
         Ok(())
     }
@@ -216,7 +186,7 @@ impl<S: Store> Scheduler<S> {
             record.failures = 0;
             record.ready_after(Duration::ZERO);
             let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
-            self.put_ready(source_id, &lane, message.id, record.weight, record.encode_bytes(), round);
+            self.store_ready(source_id, lane, message.id, SentWeight::Kept(record.weight), record.encode_bytes(), round);
         }
         Ok(count)
     }

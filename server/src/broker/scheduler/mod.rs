@@ -34,7 +34,7 @@ use crate::domain::{
     StorageError, ThrottleLimit, ValidationError,
 };
 use crate::scripting::{QueueScripts, ScriptLimits};
-use crate::storage::{Change, ChangeSet, QueueDef, Store};
+use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
 
 /// Most commands taken into one round, so expiries and deliveries keep
 /// flowing under a flood of requests.
@@ -44,6 +44,10 @@ const READ_AHEAD: u64 = 32;
 /// Above this many read-ahead bytes across all keys, keys read one message
 /// at a time, so many active keys cannot make read-ahead unbounded.
 const READ_AHEAD_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Messages are kept in memory as they are stored (see `store_ready`) only
+/// while all buffers together hold less than this, so a backlog builds up
+/// in storage, not in memory.
+const WRITE_THROUGH_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// Bounds of one Lease stream frame.
 const MAX_FRAME_DELIVERIES: usize = 256;
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -59,6 +63,14 @@ pub struct PreparedMessage {
     pub payload_len: usize,
     pub id: MessageId,
     pub record: Bytes,
+}
+
+/// The weight a stored message carries, and whether it is news about its
+/// key's weight (a producer's message) or just kept (a retry, a redrive).
+#[derive(Debug, Clone, Copy)]
+enum SentWeight {
+    SetsKeyWeight(u32),
+    Kept(u32),
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -613,22 +625,47 @@ impl<S: Store> Scheduler<S> {
             self.queues.get_mut(&queue_id).expect("named queues exist").counters.enqueued += 1;
             return Ok(message.id);
         }
-        let queue = self.queues.get_mut(&queue_id).expect("named queues exist");
-        queue.counters.enqueued += 1;
+        self.queues.get_mut(&queue_id).expect("named queues exist").counters.enqueued += 1;
+        let weight = SentWeight::SetsKeyWeight(message.weight);
+        self.store_ready(queue_id, message.lane, message.id, weight, message.record, round);
+        round.changes.needs_sync = true;
+        Ok(message.id)
+    }
+
+    /// Stores a message at the tail of its lane, ready now. When the lane's
+    /// read-ahead buffer already holds all its other ready messages (a
+    /// consumer is keeping up), the message joins the buffer too, so
+    /// delivering it costs no read from storage; it is only delivered after
+    /// this round's commit, like everything else.
+    fn store_ready(
+        &mut self,
+        queue_id: QueueId,
+        lane: Lane,
+        id: MessageId,
+        weight: SentWeight,
+        record: Bytes,
+        round: &mut Round,
+    ) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        queue.add_ready(&message.lane, 1, (message.weight > 0).then_some(message.weight));
-        round.changes.push(Change::PutMessage {
-            queue: queue_id,
-            lane: message.lane,
-            seq,
-            id: message.id,
-            weight: message.weight,
-            record: message.record,
-        });
-        round.changes.needs_sync = true;
-        Self::mark_dirty(&mut self.dirty, queue_id);
-        Ok(message.id)
+        if let Some(queue) = self.queues.get_mut(&queue_id) {
+            let key_weight = match weight {
+                SentWeight::SetsKeyWeight(w) if w > 0 => Some(w),
+                _ => None,
+            };
+            queue.add_ready(&lane, 1, key_weight);
+            if self.buffered_bytes + record.len() <= WRITE_THROUGH_BUDGET_BYTES {
+                let message = StoredMessage { seq, id, record: record.clone() };
+                if queue.buffer_if_caught_up(&lane, message) {
+                    self.buffered_bytes += record.len();
+                }
+            }
+            Self::mark_dirty(&mut self.dirty, queue_id);
+        }
+        let weight = match weight {
+            SentWeight::SetsKeyWeight(w) | SentWeight::Kept(w) => w,
+        };
+        round.changes.push(Change::PutMessage { queue: queue_id, lane, seq, id, weight, record });
     }
 
     fn subscribe(
