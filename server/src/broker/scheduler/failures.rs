@@ -61,7 +61,14 @@ impl<S: Store> Scheduler<S> {
             }
             _ => {
                 record.ready_after(Duration::ZERO);
-                self.store_ready(queue_id, lease.lane, id, SentWeight::Kept(record.weight), record.encode_bytes(), round)
+                self.store_ready(
+                    queue_id,
+                    lease.lane,
+                    id,
+                    SentWeight::Kept(record.weight),
+                    record.encode_bytes(),
+                    round,
+                )
             }
         }
         Ok(())
@@ -186,7 +193,14 @@ impl<S: Store> Scheduler<S> {
             record.failures = 0;
             record.ready_after(Duration::ZERO);
             let lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
-            self.store_ready(source_id, lane, message.id, SentWeight::Kept(record.weight), record.encode_bytes(), round);
+            self.store_ready(
+                source_id,
+                lane,
+                message.id,
+                SentWeight::Kept(record.weight),
+                record.encode_bytes(),
+                round,
+            );
         }
         Ok(count)
     }
