@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod config;
 pub mod domain;
+mod fast_map;
 pub mod grpc;
 pub mod scripting;
 pub mod server;

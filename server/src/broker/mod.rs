@@ -40,12 +40,7 @@ use crate::storage::Store;
 use observer::Observer;
 use scheduler::{Command, Scheduler};
 
-/// The hash map of the scheduler's per-message and per-key state. These
-/// maps are hit several times per delivery, and SipHash (std's default)
-/// showed up in profiles; foldhash is several times faster and still
-/// randomly seeded per map, so fairness keys chosen by clients cannot
-/// predictably collide.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+pub(crate) use crate::fast_map::FastMap;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;

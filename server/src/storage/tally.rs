@@ -6,11 +6,10 @@
 //! with queue depth. They are kept with a RocksDB merge operator: a commit
 //! writes one small delta per lane it touched, never reading the old value.
 
-use std::collections::HashMap;
-
 use rocksdb::MergeOperands;
 
 use crate::domain::{Lane, QueueId};
+use crate::fast_map::FastMap;
 
 pub const MERGE_OPERATOR: &str = "fila.lane_tally.v1";
 const ENCODED_LEN: usize = 28;
@@ -86,7 +85,7 @@ pub fn merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> 
 /// The deltas of one commit, one per lane touched.
 #[derive(Default)]
 pub struct Deltas {
-    by_lane: HashMap<(QueueId, Lane), Tally>,
+    by_lane: FastMap<(QueueId, Lane), Tally>,
 }
 
 impl Deltas {

@@ -2,8 +2,9 @@
 //! everything beyond folds into one overflow series per group (a queue),
 //! so a million tenants cost a bounded number of series.
 
-use std::collections::HashMap;
 use std::hash::Hash;
+
+use crate::fast_map::FastMap;
 
 /// The label value of the series that collects everything over the cap.
 pub const OVERFLOW_LABEL: &str = "_other";
@@ -32,13 +33,13 @@ struct Slot<V> {
 /// series.
 pub struct CappedSeries<G, K, V> {
     cap: usize,
-    labelled: HashMap<(G, K), Slot<V>>,
-    overflow: HashMap<G, V>,
+    labelled: FastMap<(G, K), Slot<V>>,
+    overflow: FastMap<G, V>,
 }
 
 impl<G: Eq + Hash + Clone, K: Eq + Hash + Clone, V: SeriesValue> CappedSeries<G, K, V> {
     pub fn new(cap: usize) -> Self {
-        CappedSeries { cap, labelled: HashMap::new(), overflow: HashMap::new() }
+        CappedSeries { cap, labelled: FastMap::default(), overflow: FastMap::default() }
     }
 
     /// Starts a snapshot: gauge values go back to zero (a key that is not
