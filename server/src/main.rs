@@ -2,12 +2,6 @@ use clap::Parser;
 use fila_server::config::{LogFormat, ServerConfig, Settings};
 use tracing_subscriber::EnvFilter;
 
-/// RocksDB keys, write batches and protobuf buffers are many small, short-
-/// lived allocations on the scheduler thread; glibc's allocator showed up in
-/// its profile (malloc, free and heap consolidation).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let config = match ServerConfig::resolve(Settings::parse()) {
         Ok(config) => config,

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory, Options, ReadOptions, SliceTransform,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
 use super::keys;
@@ -24,6 +24,10 @@ const CF_DELAYED: &str = "delayed";
 const CF_LANES: &str = "lane_tallies";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
 const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
+/// All memtables together; past it RocksDB flushes the largest.
+const MEMTABLE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Uncompressed blocks read from tables, for every column family.
+const BLOCK_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Hash buckets of a messages memtable (8 bytes each): enough that lanes
 /// rarely share one, small enough not to weigh on an idle broker.
 const MEMTABLE_LANE_BUCKETS: usize = 200_000;
@@ -90,9 +94,20 @@ impl RocksStore {
         // The hash memtable below does not support concurrent inserts (and
         // the scheduler thread is the only writer anyway).
         opts.set_allow_concurrent_memtable_write(false);
-        let mut messages = Options::default();
+        // Memory that does not grow with depth: all memtables together, and
+        // one block cache shared by every family (by default each family
+        // gets a cache of its own).
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        let family = || {
+            let mut options = Options::default();
+            options.set_block_based_table_factory(&table);
+            options
+        };
+        let mut messages = family();
         messages.set_compression_type(DBCompressionType::Lz4);
-        messages.set_write_buffer_size(64 * 1024 * 1024);
+        messages.set_write_buffer_size(32 * 1024 * 1024);
         // Every read of this family stays within one lane, and writes land
         // at the end of many different lanes. A hash of per-lane skip lists
         // makes an insert a bucket lookup plus an append, where one sorted
@@ -107,7 +122,7 @@ impl RocksStore {
             height: 12,
             branching_factor: 4,
         });
-        let mut lanes = Options::default();
+        let mut lanes = family();
         lanes.set_merge_operator_associative(tally::MERGE_OPERATOR, tally::merge);
         // Tallies take a merge per lane touched by every commit and are read
         // only at recovery: an unsorted memtable makes each merge an append
@@ -116,14 +131,14 @@ impl RocksStore {
         lanes.set_memtable_factory(MemtableFactory::Vector);
         lanes.set_write_buffer_size(16 * 1024 * 1024);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_QUEUES, Options::default()),
+            ColumnFamilyDescriptor::new(CF_QUEUES, family()),
             ColumnFamilyDescriptor::new(CF_MESSAGES, messages),
-            ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_THROTTLES, Options::default()),
-            ColumnFamilyDescriptor::new(CF_WEIGHTS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_CONFIG, Options::default()),
-            ColumnFamilyDescriptor::new(CF_DELAYED, Options::default()),
+            ColumnFamilyDescriptor::new(CF_INDEX, family()),
+            ColumnFamilyDescriptor::new(CF_META, family()),
+            ColumnFamilyDescriptor::new(CF_THROTTLES, family()),
+            ColumnFamilyDescriptor::new(CF_WEIGHTS, family()),
+            ColumnFamilyDescriptor::new(CF_CONFIG, family()),
+            ColumnFamilyDescriptor::new(CF_DELAYED, family()),
             ColumnFamilyDescriptor::new(CF_LANES, lanes),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
