@@ -15,19 +15,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use fila_server::scripting::{FailureDecision, QueueScripts, ScriptLimits, ScriptMessage};
 
-const ON_ENQUEUE: &str = r#"
-wants_payload = true
-function on_enqueue(msg)
-  local tenant = msg.headers["x-tenant"] or "anonymous"
-  local body = fila.json_decode(msg.payload)
-  local plan = fila.get("plan." .. tenant) or "free"
-  local weight = 1
-  if plan == "pro" then weight = 5 elseif plan == "enterprise" then weight = 20 end
-  local keys = { "tenant:" .. tenant }
-  if body.provider then keys[#keys + 1] = "provider:" .. body.provider end
-  return { fairness_key = tenant, weight = weight, throttle_keys = keys }
-end
-"#;
+/// Reads a header, decodes the JSON payload, reads runtime configuration
+/// and returns a decision; fila-bench runs the same hook through the server.
+const ON_ENQUEUE: &str = include_str!("on_enqueue_realistic.lua");
 
 const ON_FAILURE: &str = r#"
 function on_failure(msg, attempts, err)

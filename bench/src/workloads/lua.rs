@@ -20,21 +20,9 @@ use super::{record_all, Figures};
 
 const QUEUE: &str = "orders";
 
-/// The realistic hook of `server/benches/lua.rs`: reads a header, decodes
+/// The realistic hook that `server/benches/lua.rs` times in process: reads a header, decodes
 /// the JSON payload, reads runtime configuration, returns a decision.
-const ON_ENQUEUE: &str = r#"
-wants_payload = true
-function on_enqueue(msg)
-  local tenant = msg.headers["x-tenant"] or "anonymous"
-  local body = fila.json_decode(msg.payload)
-  local plan = fila.get("plan." .. tenant) or "free"
-  local weight = 1
-  if plan == "pro" then weight = 5 elseif plan == "enterprise" then weight = 20 end
-  local keys = { "tenant:" .. tenant }
-  if body.provider then keys[#keys + 1] = "provider:" .. body.provider end
-  return { fairness_key = tenant, weight = weight, throttle_keys = keys }
-end
-"#;
+const ON_ENQUEUE: &str = include_str!("../../../server/benches/on_enqueue_realistic.lua");
 
 const PAYLOAD: &[u8] =
     br#"{"order_id":"ord_8c1f2a","provider":"stripe","amount":4200,"currency":"EUR","items":[{"sku":"A1","qty":2}]}"#;
@@ -48,7 +36,7 @@ fn headers() -> Vec<(String, String)> {
 
 pub async fn run(suite: &mut Suite, section: &mut Section) -> Result<()> {
     section.method = "Batched lifecycle (as in 2) with a 110-byte JSON payload and four headers. With the hook, the \
-         realistic 10-line on_enqueue of server/benches/lua.rs (header, JSON decode, fila.get, decision with \
+         realistic 10-line on_enqueue of server/benches/on_enqueue_realistic.lua (header, JSON decode, fila.get, decision with \
          fairness key, weight and two throttle keys); without it, producers set the same fairness key and \
          throttle keys themselves. Per-call times come from the server's fila.script.duration histogram, \
          interpolated within its buckets (…, 5, 10, 25, … µs)."

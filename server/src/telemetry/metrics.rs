@@ -317,52 +317,39 @@ fn register_key_metrics(meter: &Meter, shared: &Shared) {
         .build();
 }
 
+/// Calls `f` with the values and attributes of every throttle key seen in
+/// the last snapshot.
+fn each_observed_throttle(shared: &Shared, mut f: impl FnMut(&ThrottleValues, &[KeyValue])) {
+    read(shared, |p| {
+        p.throttles.for_each(|_, key, values| {
+            if values.observed {
+                f(values, &[KeyValue::new(THROTTLE_KEY, label(key))])
+            }
+        })
+    })
+}
+
 fn register_throttle_metrics(meter: &Meter, shared: &Shared) {
-    let attrs = |key: Option<&Arc<str>>| [KeyValue::new(THROTTLE_KEY, label(key))];
     let s = shared.clone();
     meter
         .u64_observable_counter("fila.throttle.passes")
         .with_unit("{message}")
         .with_description("Deliveries that took a token from the throttle key's bucket.")
-        .with_callback(move |observer| {
-            read(&s, |p| {
-                p.throttles.for_each(|_, k, v| {
-                    if v.observed {
-                        observer.observe(v.passes, &attrs(k))
-                    }
-                })
-            })
-        })
+        .with_callback(move |observer| each_observed_throttle(&s, |v, attrs| observer.observe(v.passes, attrs)))
         .build();
     let s = shared.clone();
     meter
         .u64_observable_counter("fila.throttle.blocks")
         .with_unit("{check}")
         .with_description("Times a ready message was held back because the throttle key's bucket was empty.")
-        .with_callback(move |observer| {
-            read(&s, |p| {
-                p.throttles.for_each(|_, k, v| {
-                    if v.observed {
-                        observer.observe(v.blocks, &attrs(k))
-                    }
-                })
-            })
-        })
+        .with_callback(move |observer| each_observed_throttle(&s, |v, attrs| observer.observe(v.blocks, attrs)))
         .build();
     let s = shared.clone();
     meter
         .f64_observable_gauge("fila.throttle.tokens")
         .with_unit("{token}")
         .with_description("Tokens in the throttle key's bucket.")
-        .with_callback(move |observer| {
-            read(&s, |p| {
-                p.throttles.for_each(|_, k, v| {
-                    if v.observed {
-                        observer.observe(v.tokens, &attrs(k))
-                    }
-                })
-            })
-        })
+        .with_callback(move |observer| each_observed_throttle(&s, |v, attrs| observer.observe(v.tokens, attrs)))
         .build();
 }
 
