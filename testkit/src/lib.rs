@@ -52,9 +52,17 @@ pub fn server_binary() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Two distinct loopback addresses that were free a moment ago (both
+/// listeners are held together, so the OS cannot hand out one port twice).
+fn free_addrs() -> (String, String) {
+    let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap().to_string(), b.local_addr().unwrap().to_string())
 }
+
+/// Starts tried with fresh ports when a port found free was taken by
+/// something else (another test's connection) before the server bound it.
+const START_ATTEMPTS: usize = 3;
 
 impl TestServer {
     /// Starts a server with a fresh data directory.
@@ -63,27 +71,38 @@ impl TestServer {
     }
 
     pub async fn start_with(args: &[&str]) -> Self {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut server = Self::prepare(args);
+            match server.try_spawn().await {
+                Ok(()) => return server,
+                Err(_) if attempt < START_ATTEMPTS && server.log().contains("Address already in use") => continue,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// A server on fresh ports with a fresh data directory, not started.
+    fn prepare(args: &[&str]) -> Self {
         let temp = tempfile::tempdir().unwrap();
+        let (addr, free_metrics_addr) = free_addrs();
         // Each server gets its own metrics port unless the test picks one.
         let mut extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let metrics_addr = match args.iter().position(|a| *a == "--metrics-listen") {
             Some(i) => args.get(i + 1).filter(|a| **a != "off").map(|a| a.to_string()),
             None => {
-                let addr = format!("127.0.0.1:{}", free_port());
-                extra_args.extend(["--metrics-listen".to_string(), addr.clone()]);
-                Some(addr)
+                extra_args.extend(["--metrics-listen".to_string(), free_metrics_addr.clone()]);
+                Some(free_metrics_addr)
             }
         };
-        let mut server = TestServer {
+        TestServer {
             child: None,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr,
             metrics_addr,
             data_dir: temp.path().join("data"),
             extra_args,
             _temp: Some(temp),
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -95,6 +114,10 @@ impl TestServer {
         self.data_dir.parent().unwrap().join("server.log")
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -102,6 +125,13 @@ impl TestServer {
     /// Starts the binary (again) on the same address and data directory and
     /// waits until it answers.
     pub async fn spawn(&mut self) {
+        if let Err(error) = self.try_spawn().await {
+            panic!("{error}");
+        }
+    }
+
+    /// As [`TestServer::spawn`]; an early exit is an error with the log.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = Command::new(server_binary())
@@ -112,19 +142,20 @@ impl TestServer {
             .spawn()
             .expect("fila-server binary runs");
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready().await
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         loop {
             if let Ok(client) = Client::connect(self.addr.clone()).await {
                 if client.list_queues().await.is_ok() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("fila-server exited during start-up: {status}");
+                self.child = None;
+                return Err(format!("fila-server exited during start-up: {status}"));
             }
             assert!(started.elapsed() < Duration::from_secs(30), "fila-server did not become ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,8 +202,7 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            eprintln!("--- fila-server log ({}) ---\n{log}", self.addr);
+            eprintln!("--- fila-server log ({}) ---\n{}", self.addr, self.log());
         }
     }
 }
