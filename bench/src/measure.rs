@@ -49,9 +49,7 @@ impl Plan {
         }
         Ok(results)
     }
-}
 
-impl Plan {
     /// Measures, then stops the load; a failed measurement's error wins
     /// over the stop's.
     pub async fn measure_and_stop<P: Probe>(&self, mut load: Load, probe: &mut P) -> Result<Vec<P::Output>> {

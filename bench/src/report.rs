@@ -101,21 +101,20 @@ impl Section {
         }
     }
 
+    fn position(&self, case: &str, metric: &str) -> Option<usize> {
+        self.rows.iter().position(|r| r.case == case && r.metric == metric)
+    }
+
     pub fn add(&mut self, case: &str, metric: &str, unit: Unit, column: &str, stat: Stat) {
-        let index = match self.rows.iter().position(|r| r.case == case && r.metric == metric) {
-            Some(index) => index,
-            None => {
-                let row = Row { case: case.into(), metric: metric.into(), unit, values: BTreeMap::new() };
-                self.rows.push(row);
-                self.rows.len() - 1
-            }
-        };
+        let index = self.position(case, metric).unwrap_or_else(|| {
+            self.rows.push(Row { case: case.into(), metric: metric.into(), unit, values: BTreeMap::new() });
+            self.rows.len() - 1
+        });
         self.rows[index].values.insert(column.into(), stat);
     }
 
     pub fn value(&self, case: &str, metric: &str, column: &str) -> Option<f64> {
-        let row = self.rows.iter().find(|r| r.case == case && r.metric == metric)?;
-        row.values.get(column).map(|s| s.median)
+        self.rows[self.position(case, metric)?].values.get(column).map(|s| s.median)
     }
 
     fn markdown(&self, out: &mut String) {
@@ -130,7 +129,9 @@ impl Section {
         let names: Vec<&str> = self.columns.iter().map(|c| display_name(c)).collect();
         let mut header = vec!["case", "metric"];
         header.extend(names.iter().copied());
-        let ratios: Vec<String> = names.iter().skip(1).map(|other| format!("{} / {other}", names[0])).collect();
+        // The first column against each of the others.
+        let (first_name, other_names) = names.split_first().expect("a section has a column");
+        let ratios: Vec<String> = other_names.iter().map(|other| format!("{first_name} / {other}")).collect();
         header.extend(ratios.iter().map(String::as_str));
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let align: Vec<&str> = header.iter().enumerate().map(|(i, _)| if i < 2 { "---" } else { "---:" }).collect();
@@ -139,8 +140,9 @@ impl Section {
             let mut cells = vec![row.case.clone(), format!("{} ({})", row.metric, row.unit.label())];
             let value = |column: &String| row.values.get(column).map(|s| s.median);
             cells.extend(self.columns.iter().map(|c| value(c).map_or("–".into(), |v| row.unit.format(v))));
-            let first = value(&self.columns[0]);
-            for other in &self.columns[1..] {
+            let (first, others) = self.columns.split_first().expect("a section has a column");
+            let first = value(first);
+            for other in others {
                 cells.push(match (first, value(other)) {
                     (Some(a), Some(b)) if b > 0.0 && row.unit != Unit::Percent => format!("{:.2}×", a / b),
                     _ => "–".into(),

@@ -152,7 +152,7 @@ impl System for RabbitMqSystem {
             let deliveries = channel
                 .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await?;
-            Ok(Box::new(RabbitMqConsumer { channel, deliveries, last_tag: None, unacked: 0 }) as Box<dyn Consumer>)
+            Ok(Box::new(RabbitMqConsumer { channel, deliveries, last_tag: None }) as Box<dyn Consumer>)
         }
         .boxed()
     }
@@ -202,8 +202,8 @@ impl Producer for RabbitMqProducer {
 struct RabbitMqConsumer {
     channel: Channel,
     deliveries: lapin::Consumer,
+    /// The newest delivery not yet acknowledged.
     last_tag: Option<u64>,
-    unacked: usize,
 }
 
 impl Consumer for RabbitMqConsumer {
@@ -211,12 +211,11 @@ impl Consumer for RabbitMqConsumer {
         async move {
             let last_tag = &mut self.last_tag;
             let mut deliveries = (&mut self.deliveries).map(|d| d.context("AMQP delivery"));
-            let taken = take_ready(&mut deliveries, max, wait, |delivery| {
+            take_ready(&mut deliveries, max, wait, |delivery| {
                 *last_tag = Some(delivery.delivery_tag);
                 out.push(Delivered { payload: Bytes::from(delivery.data), key: String::new() });
             })
             .await?;
-            self.unacked += taken;
             Ok(())
         }
         .boxed()
@@ -225,9 +224,9 @@ impl Consumer for RabbitMqConsumer {
     fn ack(&mut self) -> BoxFuture<'_, Result<()>> {
         async move {
             if let Some(tag) = self.last_tag.take() {
-                let options = BasicAckOptions { multiple: self.unacked > 1 };
+                // `multiple`: this and every earlier delivery of the channel.
+                let options = BasicAckOptions { multiple: true };
                 self.channel.basic_ack(tag, options).await.context("basic.ack")?;
-                self.unacked = 0;
             }
             Ok(())
         }

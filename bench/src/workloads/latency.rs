@@ -12,8 +12,8 @@ use crate::measure::{Latency, Percentiles, Samples, Stat, PERCENTILES};
 use crate::report::{Section, Unit};
 use crate::suite::{Scale, Suite};
 
-use super::lifecycle::lifecycle_case;
-use super::{on_fresh_queue, record_all, Figures, QUEUE};
+use super::lifecycle::{add_clients, lifecycle_case};
+use super::{on_fresh_queue, record_all, Figures};
 
 pub async fn run(suite: &mut Suite, section: &mut Section) -> Result<()> {
     let scale = suite.scale.clone();
@@ -75,15 +75,10 @@ async fn latency_case(
         let samples = Arc::new(Samples::default());
         let mut load = Load::new();
         let consume = Consume { batch: scale.batch, latency: Some(samples.clone()), per_key: None };
-        for _ in 0..consumers {
-            load.add_consumer(system.consumer(QUEUE, scale.prefetch).await?, consume.clone());
-        }
         let per_producer = rate / producers as f64;
         let produce =
             Produce { batch, payload: Payload::Stamped(64), max_backlog: None, rate: Some(per_producer), limit: None };
-        for _ in 0..producers {
-            load.add_producer(system.producer(QUEUE).await?, produce.clone());
-        }
+        add_clients(system, &mut load, scale, (producers, consumers), produce, consume).await?;
         scale.plan.measure_and_stop(load, &mut Latency(&samples)).await
     })
     .await

@@ -57,24 +57,27 @@ pub async fn lifecycle_case(system: &mut dyn System, scale: &Scale, batch: usize
     on_fresh_queue(system, async |system| {
         let mut load = Load::new();
         let consume = Consume { batch, ..Consume::default() };
-        add_clients(system, &mut load, scale, scale.lifecycle_produce(batch), consume).await?;
+        let clients = (scale.producers, scale.consumers);
+        add_clients(system, &mut load, scale, clients, scale.lifecycle_produce(batch), consume).await?;
         acked_rate(&scale.plan, load).await
     })
     .await
 }
 
-/// Adds the scale's consumers, then its producers, on `QUEUE` of `system`.
+/// Adds `consumers` consumers (with the scale's prefetch), then `producers`
+/// producers, on `QUEUE` of `system`.
 pub async fn add_clients(
     system: &dyn System,
     load: &mut Load,
     scale: &Scale,
+    (producers, consumers): (usize, usize),
     produce: Produce,
     consume: Consume,
 ) -> Result<()> {
-    for _ in 0..scale.consumers {
+    for _ in 0..consumers {
         load.add_consumer(system.consumer(QUEUE, scale.prefetch).await?, consume.clone());
     }
-    for _ in 0..scale.producers {
+    for _ in 0..producers {
         load.add_producer(system.producer(QUEUE).await?, produce.clone());
     }
     Ok(())

@@ -4,7 +4,6 @@
 //! kept in an ordered map (not a heap) so an ack removes its timer at once
 //! instead of leaving it behind until it would have fired.
 
-use crate::broker::FastMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +11,7 @@ use bytes::Bytes;
 
 use super::consumers::ConsumerId;
 use crate::domain::{Lane, LeaseToken, MessageId};
+use crate::fast_map::FastMap;
 
 /// How many recent acks are remembered to answer a repeated ack of the same
 /// token with success.

@@ -40,8 +40,6 @@ use crate::storage::Store;
 use observer::Observer;
 use scheduler::{Command, Scheduler};
 
-pub(crate) use crate::fast_map::FastMap;
-
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Fairness keys listed in queue stats unless the caller asks otherwise.

@@ -7,7 +7,6 @@
 //! a small read-ahead buffer, so memory grows with active keys and leases,
 //! not with queue depth.
 
-use crate::broker::FastMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use super::drr::{Credit, Drr};
 use super::observer::QueueCounters;
 use super::rate::DecayingRate;
 use crate::domain::{Lane, ThrottleSet};
+use crate::fast_map::FastMap;
 use crate::scripting::QueueScripts;
 use crate::storage::{QueueDef, StoredMessage};
 

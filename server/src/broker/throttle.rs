@@ -5,11 +5,11 @@
 //! unlimited and cost nothing. Buckets refill lazily from the clock when they
 //! are looked at, so idle keys cost no work.
 
-use crate::broker::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::ThrottleLimit;
+use crate::fast_map::FastMap;
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {

@@ -199,11 +199,7 @@ function fila.get(key)
   if type(key) == "string" then return (raw_get(key)) end
   return one(bad_key(key))
 end
-function fila.json_decode(text)
-  local ok, value, level = raw_json_decode(text)
-  if ok then return value end
-  error(value, level)
-end
+function fila.json_decode(text) return one(raw_json_decode(text)) end
 "##;
 
 /// Calls a hook with a `msg` table built in Lua from the fields the broker

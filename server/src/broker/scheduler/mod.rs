@@ -23,7 +23,6 @@ mod inspect;
 mod limits;
 mod snapshot;
 use super::observer::{Observer, SNAPSHOT_INTERVAL};
-use super::FastMap;
 use super::{
     ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
     SettingsUpdate, ThrottleInfo, ThrottlePage,
@@ -33,6 +32,7 @@ use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, ScriptSources,
     StorageError, ThrottleLimit, ValidationError,
 };
+use crate::fast_map::FastMap;
 use crate::scripting::{QueueScripts, ScriptLimits};
 use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
 
