@@ -61,21 +61,6 @@ pub fn message_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
     out
 }
 
-/// Shortest message key: queue, an empty fairness key, no throttle keys, seq.
-const MIN_MESSAGE_KEY: usize = 8 + 2 + 1 + 8;
-
-/// Whether `key` has the shape of a message key, so [`message_lane_prefix`]
-/// applies (range-delete bounds, which are bare queue prefixes, do not).
-pub fn is_message_key(key: &[u8]) -> bool {
-    key.len() >= MIN_MESSAGE_KEY
-}
-
-/// `queue(8) | lane` of a message key: every read of the messages family
-/// stays within one such prefix.
-pub fn message_lane_prefix(key: &[u8]) -> &[u8] {
-    &key[..key.len() - 8]
-}
-
 /// The index value: the message's location and the weight it was sent with.
 pub fn index_value(lane: &Lane, seq: u64, weight: u32) -> Vec<u8> {
     let mut out = lane_location(lane, seq);
