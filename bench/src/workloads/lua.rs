@@ -39,7 +39,7 @@ pub async fn run(suite: &mut Suite, section: &mut Section) -> Result<()> {
          realistic 10-line on_enqueue of server/benches/on_enqueue_realistic.lua (header, JSON decode, fila.get, decision with \
          fairness key, weight and two throttle keys); without it, producers set the same fairness key and \
          throttle keys themselves. Per-call times come from the server's fila.script.duration histogram, \
-         interpolated within its buckets (…, 5, 10, 25, … µs)."
+         interpolated within its buckets (…, 5, 7.5, 10, 12.5, 15, 20, 25, 50, … µs)."
         .into();
     let plain = measure(suite, false).await;
     record_all(section, &mut suite.failures, "without a hook", "fila", plain);

@@ -312,17 +312,27 @@ impl Broker {
         observer: Box<dyn Observer>,
     ) -> Result<(Broker, StopSignal), BrokerError> {
         let (commands, inbox) = mpsc::channel();
-        let scheduler = Scheduler::recover(store, options.script_limits, observer)?;
         let (stopped_tx, stopped_rx) = oneshot::channel();
+        let (recovered_tx, recovered_rx) = std::sync::mpsc::sync_channel(1);
+        let script_limits = options.script_limits;
+        // The scheduler is built on its own thread: its queue scripts' Lua
+        // VMs stay on the thread that created them (mlua without its `send`
+        // feature, which would take a lock on every Lua operation).
         std::thread::Builder::new()
             .name("fila-scheduler".into())
             .spawn(move || {
+                let scheduler = match Scheduler::recover(store, script_limits, observer) {
+                    Ok(scheduler) => scheduler,
+                    Err(error) => return drop(recovered_tx.send(Err(error))),
+                };
+                let _ = recovered_tx.send(Ok(()));
                 let outcome = scheduler.run(inbox);
                 let _ = stopped_tx.send(outcome.err());
             })
             .map_err(|e| {
                 BrokerError::Storage(crate::domain::StorageError::Io(format!("cannot start scheduler: {e}")))
             })?;
+        recovered_rx.recv().map_err(|_| BrokerError::Stopped)??;
         Ok((Broker { commands, options }, stopped_rx))
     }
 

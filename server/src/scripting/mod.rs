@@ -65,10 +65,12 @@
 //!
 //! # Threads and cost
 //!
-//! [`QueueScripts`] is `Send`, so it can be compiled on one thread (a gRPC
-//! handler, or recovery before the scheduler thread starts) and used on
-//! another. Calls take `&mut self`: the owner (the broker's scheduler
-//! thread) serialises them, and no lock is contended. A script is compiled
+//! [`QueueScripts`] stays on the thread that compiled it (the broker's
+//! scheduler thread, which compiles scripts at recovery and when a queue's
+//! scripts change): it is not `Send`, which lets mlua (built without its
+//! `send` feature) skip the lock and the atomic reference counts it would
+//! otherwise pay on every Lua operation, about a tenth of a call. Calls take
+//! `&mut self`: the owner serialises them. A script is compiled
 //! once, in [`QueueScripts::compile`] (about 120 µs per script: a new VM,
 //! the sandbox, the script's top-level code); a call only builds the `msg`
 //! table, runs the already-loaded function and validates its result (a few

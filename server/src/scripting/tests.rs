@@ -570,25 +570,6 @@ fn queues_without_scripts_decide_nothing() {
 }
 
 #[test]
-fn scripts_can_move_between_threads() {
-    fn assert_send<T: Send>() {}
-    assert_send::<QueueScripts>();
-    let mut scripts = QueueScripts::compile(
-        Some("function on_enqueue(msg) return { weight = 3 } end"),
-        None,
-        ScriptLimits::default(),
-    )
-    .unwrap();
-    let weight = std::thread::spawn(move || {
-        let h = HashMap::new();
-        scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &h, payload: b"x" }, &NoConfig).unwrap().weight
-    })
-    .join()
-    .unwrap();
-    assert_eq!(weight, Some(3));
-}
-
-#[test]
 fn default_limits_are_documented_values() {
     let limits = ScriptLimits::default();
     assert_eq!(limits.timeout, Duration::from_millis(5));
