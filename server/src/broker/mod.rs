@@ -313,7 +313,7 @@ impl Broker {
     ) -> Result<(Broker, StopSignal), BrokerError> {
         let (commands, inbox) = mpsc::channel();
         let (stopped_tx, stopped_rx) = oneshot::channel();
-        let (recovered_tx, recovered_rx) = std::sync::mpsc::sync_channel(1);
+        let (recovered_tx, recovered_rx) = mpsc::sync_channel(1);
         let script_limits = options.script_limits;
         // The scheduler is built on its own thread: its queue scripts' Lua
         // VMs stay on the thread that created them (mlua without its `send`
