@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::broker::DEFAULT_MESSAGE_BUFFER_BYTES;
 use crate::domain::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_PAYLOAD_BYTES, MAX_HEADERS_BYTES};
 use crate::domain::Limits;
 use crate::scripting::ScriptLimits;
@@ -70,6 +71,11 @@ pub struct Settings {
     /// Memory limit of one queue script's Lua VM, in bytes [default: 8388608].
     #[arg(long, env = "FILA_SCRIPT_MEMORY_BYTES")]
     pub script_memory_bytes: Option<usize>,
+    /// Memory for ready messages held ahead of delivery, in bytes, all
+    /// queues together; past it, messages are read from storage one at a
+    /// time [default: 268435456].
+    #[arg(long, env = "FILA_MESSAGE_BUFFER_BYTES")]
+    pub message_buffer_bytes: Option<usize>,
     /// Log filter, in `tracing` EnvFilter syntax [default: info].
     #[arg(long, env = "FILA_LOG")]
     pub log: Option<String>,
@@ -108,6 +114,7 @@ impl Settings {
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
             script_timeout_ms: self.script_timeout_ms.or(other.script_timeout_ms),
             script_memory_bytes: self.script_memory_bytes.or(other.script_memory_bytes),
+            message_buffer_bytes: self.message_buffer_bytes.or(other.message_buffer_bytes),
             log: self.log.or(other.log),
             log_format: self.log_format.or(other.log_format),
             metrics_listen: self.metrics_listen.or(other.metrics_listen),
@@ -127,6 +134,7 @@ pub struct ServerConfig {
     pub limits: Limits,
     pub max_request_bytes: usize,
     pub script_limits: ScriptLimits,
+    pub message_buffer_bytes: usize,
     pub log: String,
     pub log_format: LogFormat,
     pub telemetry: TelemetryConfig,
@@ -180,6 +188,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             telemetry,
             script_limits,
+            message_buffer_bytes: s.message_buffer_bytes.unwrap_or(DEFAULT_MESSAGE_BUFFER_BYTES),
             listen: s.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sync_writes: s.sync_writes.unwrap_or(false),
@@ -235,18 +244,24 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(!c.sync_writes);
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.message_buffer_bytes, DEFAULT_MESSAGE_BUFFER_BYTES);
     }
 
     #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("fila.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\ndata_dir = \"/from/file\"\nsync_writes = true\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndata_dir = \"/from/file\"\nsync_writes = true\nmessage_buffer_bytes = 1024\n",
+        )
+        .unwrap();
         let cli = Settings::parse_from(["fila-server", "--config", file.to_str().unwrap(), "--data-dir", "/from/flag"]);
         let c = ServerConfig::resolve(cli).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
         assert!(c.sync_writes);
+        assert_eq!(c.message_buffer_bytes, 1024);
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
     let telemetry = Telemetry::start(&config.telemetry)?;
     let (broker, stopped) = Broker::start(
         store,
-        BrokerOptions { limits: config.limits, script_limits: config.script_limits },
+        BrokerOptions {
+            limits: config.limits,
+            script_limits: config.script_limits,
+            message_buffer_bytes: config.message_buffer_bytes,
+        },
         telemetry.observer(),
     )?;
 

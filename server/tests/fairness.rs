@@ -198,6 +198,35 @@ async fn a_hundred_thousand_active_keys_are_each_served() {
     assert_eq!((stats.active_keys, stats.tracked_keys), (0, 0), "idle keys are forgotten");
 }
 
+/// With no memory for buffers every message is read from storage on its
+/// own, and kept there as it is stored: slower, but nothing is lost,
+/// reordered or served unfairly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_buffer_memory_keys_are_served_in_turn_and_in_order() {
+    let server = TestServer::start_with(&["--message-buffer-bytes", "0"]).await;
+    let client = server.client().await;
+    client.create_queue("tight", QueueOptions::default()).await.unwrap();
+    const KEYS: usize = 3;
+    const PER_KEY: usize = 200;
+    let messages = (0..KEYS * PER_KEY)
+        .map(|i| NewMessage::new("tight", format!("{}", i / KEYS)).fairness_key(format!("k{}", i % KEYS)));
+    enqueue_all(&client, messages.collect()).await;
+    let mut stream =
+        client.lease("tight", LeaseOptions { max_in_flight: Some(100), visibility_timeout: None }).await.unwrap();
+    let deliveries = receive(&client, &mut stream, KEYS * PER_KEY).await;
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for (i, d) in deliveries.iter().enumerate() {
+        let n: usize = std::str::from_utf8(&d.payload).unwrap().parse().unwrap();
+        let expected = next.entry(d.fairness_key.clone()).or_default();
+        assert_eq!(n, *expected, "key {} out of order at delivery {i}", d.fairness_key);
+        *expected += 1;
+    }
+    assert!(next.values().all(|&n| n == PER_KEY), "every message delivered once: {next:?}");
+    let first: HashSet<&str> = deliveries[..KEYS].iter().map(|d| d.fairness_key.as_str()).collect();
+    assert_eq!(first.len(), KEYS, "keys take turns");
+    assert_eq!(client.queue_stats("tight", None).await.unwrap().queue.depth, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_and_stats_requests_are_checked() {
     let server = TestServer::start().await;

@@ -286,11 +286,29 @@ pub struct ExtendItem {
 }
 
 /// Broker-wide options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct BrokerOptions {
     pub limits: Limits,
     /// Budgets of queue scripts.
     pub script_limits: ScriptLimits,
+    /// Memory for ready messages held ahead of delivery, all queues
+    /// together (see [`DEFAULT_MESSAGE_BUFFER_BYTES`]).
+    pub message_buffer_bytes: usize,
+}
+
+/// Enough for every one of 100,000 active keys to hold ten small messages
+/// in memory, and for 1,000 keys to hold their full read-ahead of 1 KiB
+/// messages.
+pub const DEFAULT_MESSAGE_BUFFER_BYTES: usize = 256 * 1024 * 1024;
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            limits: Limits::default(),
+            script_limits: ScriptLimits::default(),
+            message_buffer_bytes: DEFAULT_MESSAGE_BUFFER_BYTES,
+        }
+    }
 }
 
 /// Handle to the scheduler thread. Clones share the same scheduler.
@@ -314,14 +332,14 @@ impl Broker {
         let (commands, inbox) = mpsc::channel();
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let (recovered_tx, recovered_rx) = mpsc::sync_channel(1);
-        let script_limits = options.script_limits;
+        let (script_limits, buffer_budget) = (options.script_limits, options.message_buffer_bytes);
         // The scheduler is built on its own thread: its queue scripts' Lua
         // VMs stay on the thread that created them (mlua without its `send`
         // feature, which would take a lock on every Lua operation).
         std::thread::Builder::new()
             .name("fila-scheduler".into())
             .spawn(move || {
-                let scheduler = match Scheduler::recover(store, script_limits, observer) {
+                let scheduler = match Scheduler::recover(store, script_limits, buffer_budget, observer) {
                     Ok(scheduler) => scheduler,
                     Err(error) => return drop(recovered_tx.send(Err(error))),
                 };

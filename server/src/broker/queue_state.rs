@@ -177,10 +177,13 @@ impl QueueState {
     /// every other ready message of the lane, i.e. the message is exactly
     /// what the next read from storage would return. Returns whether it
     /// was buffered.
-    pub fn buffer_if_caught_up(&mut self, lane: &Lane, message: StoredMessage) -> bool {
+    /// A lane holding `max_buffered` messages already keeps the new one in
+    /// storage only.
+    pub fn buffer_if_caught_up(&mut self, lane: &Lane, message: StoredMessage, max_buffered: u64) -> bool {
         let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return false };
         let Some(l) = state.lane_mut(&lane.throttle) else { return false };
-        if l.buffer.len() as u64 + 1 != l.pending || message.seq <= l.cursor {
+        let buffered = l.buffer.len() as u64;
+        if buffered + 1 != l.pending || buffered >= max_buffered || message.seq <= l.cursor {
             return false;
         }
         l.cursor = message.seq;
@@ -232,6 +235,12 @@ impl QueueState {
     pub fn depth(&self) -> u64 {
         self.pending + self.in_flight + self.delayed
     }
+}
+
+/// Memory a buffered message is charged: its record, and its place in a
+/// buffer with the record's allocation.
+pub fn buffered_size(message: &StoredMessage) -> usize {
+    message.record.len() + std::mem::size_of::<StoredMessage>() + 16
 }
 
 /// A key's weight: an operator override wins over message weights. (A free
@@ -294,16 +303,32 @@ mod tests {
         let l = lane("a", &[]);
         let stored = |seq| StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() };
         q.add_ready(&l, 1, None);
-        assert!(q.buffer_if_caught_up(&l, stored(1)), "an empty lane is caught up");
+        assert!(q.buffer_if_caught_up(&l, stored(1), 8), "an empty lane is caught up");
         q.add_ready(&l, 1, None);
-        assert!(q.buffer_if_caught_up(&l, stored(2)));
+        assert!(q.buffer_if_caught_up(&l, stored(2), 8));
         assert_eq!(q.keys["a"].lanes[0].cursor, 2);
         // A message counted but left in storage: later ones must wait for
         // the read, or they would overtake it.
         q.add_ready(&l, 1, None);
         q.add_ready(&l, 1, None);
-        assert!(!q.buffer_if_caught_up(&l, stored(4)));
+        assert!(!q.buffer_if_caught_up(&l, stored(4), 8));
         assert_eq!(q.keys["a"].lanes[0].buffer.len(), 2);
+    }
+
+    #[test]
+    fn a_lane_keeps_at_most_its_share_of_stored_messages_in_memory() {
+        let mut q = queue();
+        let l = lane("a", &[]);
+        let stored = |seq| StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() };
+        for seq in 1..=3 {
+            q.add_ready(&l, 1, None);
+            assert_eq!(q.buffer_if_caught_up(&l, stored(seq), 2), seq <= 2);
+        }
+        let lane = &q.keys["a"].lanes[0];
+        assert_eq!((lane.buffer.len(), lane.cursor, lane.pending), (2, 2, 3));
+        // The third is read from storage after the cursor, in order.
+        q.add_ready(&l, 1, None);
+        assert!(!q.buffer_if_caught_up(&l, stored(4), 2));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Scheduler, MAX_FRAME_BYTES, MAX_FRAME_DELIVERIES, READ_AHEAD, READ_AHEAD_BUDGET_BYTES};
+use super::{Scheduler, MAX_FRAME_BYTES, MAX_FRAME_DELIVERIES, READ_AHEAD};
 use crate::broker::consumers::{Consumer, ConsumerEvent, ConsumerId};
-use crate::broker::queue_state::{effective_weight, KeyState};
+use crate::broker::queue_state::{buffered_size, effective_weight, KeyState};
 use crate::broker::throttle::Throttles;
 use crate::broker::Delivery;
 use crate::domain::{QueueId, StorageError};
@@ -17,7 +17,18 @@ impl<S: Store> Scheduler<S> {
     /// consumers in turn.
     pub(super) fn dispatch(&mut self, queue_id: QueueId, now: Instant, wall: SystemTime) -> Result<(), StorageError> {
         let count_keys = self.next_snapshot.is_some();
-        let Scheduler { queues, consumers, leases, store, buffered_bytes, throttles, parked, next_ticket, .. } = self;
+        let Scheduler {
+            queues,
+            consumers,
+            leases,
+            store,
+            buffered_bytes,
+            buffer_budget,
+            throttles,
+            parked,
+            next_ticket,
+            ..
+        } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
         let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
         while let Some(key) = queue.drr.front().cloned() {
@@ -33,7 +44,8 @@ impl<S: Store> Scheduler<S> {
             let weight = effective_weight(&queue.weight_overrides, &key, key_state);
             queue.drr.start_turn(&mut key_state.credit, weight);
             let mut miscounted = 0;
-            let pick = pick_lane(queue_id, key_state, &*store, throttles, buffered_bytes, now, &mut miscounted)?;
+            let buffers = Buffers { bytes: buffered_bytes, budget: *buffer_budget };
+            let pick = pick_lane(queue_id, key_state, &*store, throttles, buffers, now, &mut miscounted)?;
             if miscounted > 0 {
                 tracing::warn!(queue = %queue.name, key = %key, miscounted,
                     "storage holds fewer ready messages than counted; correcting the count");
@@ -58,7 +70,7 @@ impl<S: Store> Scheduler<S> {
             let lane = &mut key_state.lanes[lane_index];
             throttles.take(lane.lane.throttle.keys());
             let message = lane.buffer.pop_front().expect("picked lanes have a buffered head");
-            *buffered_bytes -= message.record.len();
+            *buffered_bytes -= buffered_size(&message);
             lane.pending -= 1;
             lane.leased += 1;
             let lane_id = lane.lane.clone();
@@ -111,6 +123,12 @@ impl<S: Store> Scheduler<S> {
     }
 }
 
+/// The memory held by read-ahead buffers, and its budget.
+struct Buffers<'a> {
+    bytes: &'a mut usize,
+    budget: usize,
+}
+
 /// What a key can deliver now.
 enum Pick {
     /// The lane (index) with the oldest message whose throttles allow it.
@@ -131,7 +149,7 @@ fn pick_lane<S: Store>(
     key: &mut KeyState,
     store: &S,
     throttles: &mut Throttles,
-    buffered_bytes: &mut usize,
+    buffers: Buffers<'_>,
     now: Instant,
     miscounted: &mut u64,
 ) -> Result<Pick, StorageError> {
@@ -141,10 +159,10 @@ fn pick_lane<S: Store>(
             continue;
         }
         if lane.buffer.is_empty() {
-            let want = if *buffered_bytes < READ_AHEAD_BUDGET_BYTES { lane.pending.min(READ_AHEAD) } else { 1 };
+            let want = if *buffers.bytes < buffers.budget { lane.pending.min(READ_AHEAD) } else { 1 };
             let mut read: Vec<StoredMessage> = Vec::with_capacity(want as usize);
             store.read_ready(queue_id, &lane.lane, lane.cursor, want as usize, &mut read)?;
-            *buffered_bytes += read.iter().map(|m| m.record.len()).sum::<usize>();
+            *buffers.bytes += read.iter().map(buffered_size).sum::<usize>();
             if let Some(last) = read.last() {
                 lane.cursor = last.seq;
             }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::{Round, Scheduler, SentWeight};
 use crate::broker::failure_policy::{backoff, default_action, FailureAction};
 use crate::broker::leases::Lease;
+use crate::broker::queue_state::buffered_size;
 use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
 use crate::domain::{BrokerError, Lane, MessageId, QueueId, QueueName, StorageError, ThrottleSet};
 use crate::storage::{Change, DueMessage, Store, StoredMessage};
@@ -140,7 +141,7 @@ impl<S: Store> Scheduler<S> {
             let state = queue.keys.get_mut(&key).expect("listed above");
             for lane in state.lanes.iter_mut().filter(|l| l.pending > 0) {
                 lane.cursor = lane.ready_after();
-                *buffered_bytes -= lane.buffer.drain(..).map(|m| m.record.len()).sum::<usize>();
+                *buffered_bytes -= lane.buffer.drain(..).map(|m| buffered_size(&m)).sum::<usize>();
                 let mut read = Vec::new();
                 let want = (lane.pending as usize).min(limit - taken.len());
                 store.read_ready(queue_id, &lane.lane, lane.cursor, want, &mut read)?;

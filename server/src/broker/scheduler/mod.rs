@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::consumers::{Consumer, ConsumerEvent, ConsumerId};
 use super::leases::{Lease, LeaseTable, TokenState};
-use super::queue_state::QueueState;
+use super::queue_state::{buffered_size, QueueState};
 use super::throttle::Throttles;
 
 mod config;
@@ -39,15 +39,10 @@ use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
 /// Most commands taken into one round, so expiries and deliveries keep
 /// flowing under a flood of requests.
 const MAX_COMMANDS_PER_ROUND: usize = 512;
-/// Messages read from storage at once for one fairness key.
+/// Most messages a lane holds in memory ahead of delivery: read from
+/// storage at once, or kept as they are stored (see `store_ready`), so a
+/// backlog builds up in storage, not in memory.
 const READ_AHEAD: u64 = 32;
-/// Above this many read-ahead bytes across all keys, keys read one message
-/// at a time, so many active keys cannot make read-ahead unbounded.
-const READ_AHEAD_BUDGET_BYTES: usize = 64 * 1024 * 1024;
-/// Messages are kept in memory as they are stored (see `store_ready`) only
-/// while all buffers together hold less than this, so a backlog builds up
-/// in storage, not in memory.
-const WRITE_THROUGH_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// Bounds of one Lease stream frame.
 const MAX_FRAME_DELIVERIES: usize = 256;
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -280,7 +275,12 @@ pub struct Scheduler<S: Store> {
     next_seq: u64,
     next_queue_id: QueueId,
     next_consumer: ConsumerId,
+    /// Memory held by read-ahead buffers (see [`buffered_size`]).
     buffered_bytes: usize,
+    /// Past this many buffered bytes, lanes read one message at a time and
+    /// keep nothing as it is stored, so many active keys cannot make
+    /// buffers unbounded.
+    buffer_budget: usize,
     throttles: Throttles,
     /// Keys waiting for a throttle refill: (wake-up, ticket) → (queue, key).
     parked: BTreeMap<(Instant, u64), (QueueId, Arc<str>)>,
@@ -299,7 +299,12 @@ pub struct Scheduler<S: Store> {
 impl<S: Store> Scheduler<S> {
     /// Rebuilds state from storage. Every stored message is ready: leases do
     /// not survive a restart.
-    pub fn recover(store: S, script_limits: ScriptLimits, observer: Box<dyn Observer>) -> Result<Self, BrokerError> {
+    pub fn recover(
+        store: S,
+        script_limits: ScriptLimits,
+        buffer_budget: usize,
+        observer: Box<dyn Observer>,
+    ) -> Result<Self, BrokerError> {
         let recovered = store.recover()?;
         let mut scheduler = Scheduler {
             store,
@@ -312,6 +317,7 @@ impl<S: Store> Scheduler<S> {
             next_queue_id: recovered.next_queue_id,
             next_consumer: 1,
             buffered_bytes: 0,
+            buffer_budget,
             throttles: Throttles::default(),
             parked: BTreeMap::new(),
             next_ticket: 1,
@@ -654,11 +660,11 @@ impl<S: Store> Scheduler<S> {
                 _ => None,
             };
             queue.add_ready(&lane, 1, key_weight);
-            if self.buffered_bytes + record.len() <= WRITE_THROUGH_BUDGET_BYTES {
-                let message = StoredMessage { seq, id, record: record.clone() };
-                if queue.buffer_if_caught_up(&lane, message) {
-                    self.buffered_bytes += record.len();
-                }
+            let message = StoredMessage { seq, id, record: record.clone() };
+            let size = buffered_size(&message);
+            if self.buffered_bytes + size <= self.buffer_budget && queue.buffer_if_caught_up(&lane, message, READ_AHEAD)
+            {
+                self.buffered_bytes += size;
             }
             Self::mark_dirty(&mut self.dirty, queue_id);
         }
@@ -869,7 +875,7 @@ impl<S: Store> Scheduler<S> {
         self.names.remove(name.as_str());
         let queue = self.queues.remove(&id).expect("named queues exist");
         self.buffered_bytes -=
-            queue.keys.values().flat_map(|k| &k.lanes).flat_map(|l| &l.buffer).map(|m| m.record.len()).sum::<usize>();
+            queue.keys.values().flat_map(|k| &k.lanes).flat_map(|l| &l.buffer).map(buffered_size).sum::<usize>();
         self.leases.remove_queue(id);
         let closed: Vec<ConsumerId> =
             self.consumers.iter().filter(|(_, c)| c.queue == id).map(|(&cid, _)| cid).collect();
