@@ -38,7 +38,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
             script_limits: config.script_limits,
             message_buffer_bytes: config.message_buffer_bytes,
         },
-        telemetry.observer(),
+        telemetry.observer()?,
     )?;
 
     let listener =

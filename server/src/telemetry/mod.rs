@@ -109,12 +109,13 @@ impl Telemetry {
     }
 
     /// What the scheduler reports to: the metrics, or nowhere when they are
-    /// off (then it skips the work of counting).
-    pub fn observer(&self) -> Box<dyn Observer> {
-        match self.meters {
-            Some(_) => Box::new(MetricsObserver::new(&self.meter, self.max_key_series)),
+    /// off (then it skips the work of counting). Fails only if the metrics
+    /// thread cannot be started.
+    pub fn observer(&self) -> Result<Box<dyn Observer>, String> {
+        Ok(match self.meters {
+            Some(_) => Box::new(MetricsObserver::new(&self.meter, self.max_key_series)?),
             None => Box::new(NoObserver),
-        }
+        })
     }
 
     /// Instruments for the gRPC layer (no-ops when metrics are off).
