@@ -175,10 +175,8 @@ impl QueueState {
     /// Appends a just-stored ready message (already counted by
     /// [`QueueState::add_ready`]) to its lane's buffer if the buffer holds
     /// every other ready message of the lane, i.e. the message is exactly
-    /// what the next read from storage would return. Returns whether it
-    /// was buffered.
-    /// A lane holding `max_buffered` messages already keeps the new one in
-    /// storage only.
+    /// what the next read from storage would return, and holds fewer than
+    /// `max_buffered`. Returns whether it was buffered.
     pub fn buffer_if_caught_up(&mut self, lane: &Lane, message: StoredMessage, max_buffered: u64) -> bool {
         let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return false };
         let Some(l) = state.lane_mut(&lane.throttle) else { return false };
@@ -297,11 +295,14 @@ mod tests {
         assert_eq!(q.depth(), 0);
     }
 
+    fn stored(seq: u64) -> StoredMessage {
+        StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() }
+    }
+
     #[test]
     fn a_stored_message_is_buffered_only_when_the_lane_is_caught_up() {
         let mut q = queue();
         let l = lane("a", &[]);
-        let stored = |seq| StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() };
         q.add_ready(&l, 1, None);
         assert!(q.buffer_if_caught_up(&l, stored(1), 8), "an empty lane is caught up");
         q.add_ready(&l, 1, None);
@@ -319,7 +320,6 @@ mod tests {
     fn a_lane_keeps_at_most_its_share_of_stored_messages_in_memory() {
         let mut q = queue();
         let l = lane("a", &[]);
-        let stored = |seq| StoredMessage { seq, id: crate::domain::MessageId::generate(), record: "r".into() };
         for seq in 1..=3 {
             q.add_ready(&l, 1, None);
             assert_eq!(q.buffer_if_caught_up(&l, stored(seq), 2), seq <= 2);
