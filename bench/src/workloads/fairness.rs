@@ -11,13 +11,13 @@ use anyhow::{Context, Result};
 use crate::brokers::fila::{create_queue, Shape};
 use crate::brokers::fila_server::FilaServer;
 use crate::load::{Consume, KeyCounts};
-use crate::measure::{Probe, Stat};
+use crate::measure::{Plan, Probe, Stat};
 use crate::report::{thousands, Section, Unit};
 use crate::suite::Suite;
 
 use super::fila_load::{fill, lifecycle};
 use super::lifecycle::acked_rate;
-use super::{record_all, Figures};
+use super::{progress, record_all, Figures};
 
 const QUEUE: &str = "fair";
 /// The throttle key of the throttled-key case, and its rate.
@@ -32,28 +32,52 @@ fn keys_label(keys: usize) -> String {
 
 pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
     let scale = suite.scale.clone();
+    let rounds = scale.plan.runs;
     section.method = format!(
         "Batched lifecycle throughput (as in 2) on one queue whose producers spread messages over N fairness \
          keys in turn. Before measuring, {} messages (at least 10 per key) are queued over the same keys, so \
          that every key stays active (has ready messages) throughout; the active-key count at the end checks it. \
          The throttled case adds a key with {} queued messages that all carry a throttle key limited to \
-         {SLOW_RATE} per second, so the scheduler keeps meeting a key it must hold back.",
+         {SLOW_RATE} per second, so the scheduler keeps meeting a key it must hold back. The cases take turns \
+         in {rounds} rounds (every case once per round, each on a fresh server, one warm-up and one window), so \
+         that a machine whose speed drifts over minutes weighs on every case alike: a case's throughput is its \
+         median over the rounds, and its share of one key's is the median of the ratios within a round.",
         thousands(scale.standing_backlog),
         thousands(scale.max_backlog)
     );
     let keys = scale.key_counts[scale.key_counts.len() / 2];
-    let cases = scale.key_counts.iter().map(|&k| (k, false)).chain([(keys, true)]);
-    for (count, throttled) in cases {
-        let mut case = keys_label(count);
-        if throttled {
-            case.push_str(" + 1 throttled key");
+    let cases: Vec<(usize, bool)> = scale.key_counts.iter().map(|&k| (k, false)).chain([(keys, true)]).collect();
+    let one_window = Plan { runs: 1, ..scale.plan };
+    let mut results: Vec<Result<Rounds>> = cases.iter().map(|_| Ok(Rounds::default())).collect();
+    for round in 1..=rounds {
+        let mut base = None;
+        for (&(count, throttled), result) in cases.iter().zip(&mut results) {
+            let Ok(rounds_so_far) = result else { continue };
+            match keyed_throughput(suite, &one_window, count, throttled).await {
+                Ok((throughput, active_keys)) => {
+                    progress(&format!("{}, round {round}: {}", case_label(count, throttled), thousands(throughput as u64)));
+                    if count == 1 && !throttled {
+                        base = Some(throughput);
+                    } else if let Some(base) = base {
+                        rounds_so_far.of_one_key.push(throughput / base * 100.0);
+                    }
+                    rounds_so_far.throughput.push(throughput);
+                    rounds_so_far.active_keys = active_keys;
+                }
+                Err(error) => *result = Err(error),
+            }
         }
-        let result = keyed_throughput(suite, count, throttled).await;
-        record_all(section, &mut suite.failures, &case, "fila", result);
-        let base = section.value(&keys_label(1), "throughput", "fila");
-        if let (Some(base), Some(value), true) = (base, section.value(&case, "throughput", "fila"), count > 1) {
-            section.add(&case, "of 1 key's throughput", Unit::Percent, "fila", Stat::once(value / base * 100.0));
-        }
+    }
+    for (&(count, throttled), result) in cases.iter().zip(results) {
+        let figures = result.map(|r| {
+            let mut figures = vec![("throughput".to_owned(), Unit::MsgPerSec, Stat::of(r.throughput))];
+            if !r.of_one_key.is_empty() {
+                figures.push(("of 1 key's throughput".to_owned(), Unit::Percent, Stat::of(r.of_one_key)));
+            }
+            figures.push(("active keys at the end".to_owned(), Unit::Count, Stat::once(r.active_keys as f64)));
+            figures
+        });
+        record_all(section, &mut suite.failures, &case_label(count, throttled), "fila", figures);
     }
     let relative = |keys: usize| section.value(&keys_label(keys), "of 1 key's throughput", "fila");
     let most = scale.key_counts.iter().copied().max().unwrap_or(1);
@@ -64,9 +88,26 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
     Ok(())
 }
 
+fn case_label(keys: usize, throttled: bool) -> String {
+    let mut case = keys_label(keys);
+    if throttled {
+        case.push_str(" + 1 throttled key");
+    }
+    case
+}
+
+/// One case's figures over the rounds so far.
+#[derive(Default)]
+struct Rounds {
+    throughput: Vec<f64>,
+    /// Percent of the same round's one-key throughput.
+    of_one_key: Vec<f64>,
+    active_keys: u64,
+}
+
 /// Throughput with `keys` active keys (and a throttled key if asked), and
 /// the number of active keys at the end as a check.
-async fn keyed_throughput(suite: &Suite, keys: usize, throttled: bool) -> Result<Figures> {
+async fn keyed_throughput(suite: &Suite, plan: &Plan, keys: usize, throttled: bool) -> Result<(f64, u64)> {
     let scale = &suite.scale;
     let server = FilaServer::start(&suite.fila_binary, &[], true).await?;
     let client = server.client().await?;
@@ -84,12 +125,9 @@ async fn keyed_throughput(suite: &Suite, keys: usize, throttled: bool) -> Result
     fill(&server, QUEUE, &shape, None, scale.standing_backlog.max(keys as u64 * 10)).await?;
     let consume = Consume { batch: scale.batch, ..Consume::default() };
     let load = lifecycle(&server, QUEUE, scale, &shape, scale.lifecycle_produce(scale.batch), consume).await?;
-    let throughput = acked_rate(&scale.plan, load).await?;
+    let throughput = acked_rate(plan, load).await?;
     let stats = client.queue_stats(QUEUE, Some(1)).await.context("GetQueueStats")?;
-    Ok(vec![
-        ("throughput".into(), Unit::MsgPerSec, throughput),
-        ("active keys at the end".into(), Unit::Count, Stat::once(stats.active_keys as f64)),
-    ])
+    Ok((throughput.median, stats.active_keys))
 }
 
 pub async fn accuracy(suite: &mut Suite, section: &mut Section) -> Result<()> {
