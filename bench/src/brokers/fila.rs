@@ -121,10 +121,26 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// `count` fairness keys `key-0`, `key-1`, ..., in turn.
+    /// `count` fairness keys `key-0` to `key-{count - 1}`, each once per
+    /// cycle, in an order scattered over the key space (as tenants' traffic
+    /// arrives): in numeric order, consecutive messages would go to
+    /// neighbouring keys in storage, an order that flatters a sorted store.
     pub fn keys(count: usize) -> Self {
-        Shape { keys: (0..count).map(|k| format!("key-{k}")).collect(), ..Shape::default() }
+        let stride = scatter_stride(count);
+        Shape { keys: (0..count).map(|i| format!("key-{}", i * stride % count)).collect(), ..Shape::default() }
     }
+}
+
+/// A step through `0..count` (taken modulo `count`) that visits every
+/// index once and lands far from the previous one: a prime near
+/// `count / φ` that does not divide `count`, hence coprime with it.
+fn scatter_stride(count: usize) -> usize {
+    if count <= 1 {
+        return 1;
+    }
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let start = (count as f64 / 1.618) as usize;
+    (start..).find(|&n| is_prime(n) && count % n != 0).unwrap_or(1)
 }
 
 pub struct FilaProducer {
@@ -213,5 +229,26 @@ impl Consumer for FilaConsumer {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_each_used_once_per_cycle_in_a_scattered_order() {
+        for count in [0, 1, 2, 10, 100, 1_000, 100_000] {
+            let shape = Shape::keys(count);
+            let distinct: std::collections::HashSet<_> = shape.keys.iter().collect();
+            assert_eq!(distinct.len(), count, "{count} keys");
+            if count >= 100 {
+                let neighbours = shape.keys.windows(2).filter(|w| {
+                    let n = |k: &str| k["key-".len()..].parse::<i64>().unwrap();
+                    (n(&w[0]) - n(&w[1])).abs() == 1
+                });
+                assert_eq!(neighbours.count(), 0, "{count} keys: consecutive messages to neighbouring keys");
+            }
+        }
     }
 }

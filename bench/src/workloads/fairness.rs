@@ -35,7 +35,9 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
     let rounds = scale.plan.runs;
     section.method = format!(
         "Batched lifecycle throughput (as in 2) on one queue whose producers spread messages over N fairness \
-         keys in turn. Before measuring, {} messages (at least 10 per key) are queued over the same keys, so \
+         keys in turn, in an order scattered over the key space (key-0, key-619, key-238, ... with 1,000 keys) \
+         as tenants' traffic arrives, rather than numeric order, which would send consecutive messages to \
+         neighbouring lanes in storage. Before measuring, {} messages (at least 10 per key) are queued over the same keys, so \
          that every key stays active (has ready messages) throughout; the active-key count at the end checks it. \
          The throttled case adds a key with {} queued messages that all carry a throttle key limited to \
          {SLOW_RATE} per second, so the scheduler keeps meeting a key it must hold back. The cases take turns \
