@@ -57,7 +57,11 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
             let Ok(rounds_so_far) = result else { continue };
             match keyed_throughput(suite, &one_window, count, throttled).await {
                 Ok((throughput, active_keys)) => {
-                    progress(&format!("{}, round {round}: {}", case_label(count, throttled), thousands(throughput as u64)));
+                    progress(&format!(
+                        "{}, round {round}: {}",
+                        case_label(count, throttled),
+                        thousands(throughput as u64)
+                    ));
                     if count == 1 && !throttled {
                         base = Some(throughput);
                     } else if let Some(base) = base {
