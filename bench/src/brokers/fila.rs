@@ -138,9 +138,9 @@ fn scatter_stride(count: usize) -> usize {
     if count <= 1 {
         return 1;
     }
-    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
     let start = (count as f64 / 1.618) as usize;
-    (start..).find(|&n| is_prime(n) && count % n != 0).unwrap_or(1)
+    (start..).find(|&n| is_prime(n) && !count.is_multiple_of(n)).unwrap_or(1)
 }
 
 pub struct FilaProducer {
