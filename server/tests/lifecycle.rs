@@ -412,6 +412,37 @@ async fn a_disconnected_consumer_keeps_its_leases_until_they_time_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_closed_stream_was_never_sent_is_ready_again_at_once() {
+    // A consumer that stops reading is held back by HTTP/2 flow control
+    // (a 2 MiB stream window), so most of these 512 KiB deliveries, one
+    // frame each, are still queued in the broker when it goes away.
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("q", visibility(600_000)).await.unwrap();
+    let stalled = client.lease("q", lease_opts(30)).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
+    for _ in 0..30 {
+        client.enqueue(("q", payload.clone())).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while depth(&client, "q").await != (30, 30) {
+        assert!(std::time::Instant::now() < deadline, "not all leased: {:?}", depth(&client, "q").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stalled);
+
+    // Long before their 10-minute leases would run out, as first attempts.
+    let mut second = client.lease("q", lease_opts(30)).await.unwrap();
+    let mut returned = 0;
+    while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(2), second.next()).await {
+        assert_eq!(delivery.unwrap().attempt, 1);
+        returned += 1;
+    }
+    assert!(returned >= 20, "only {returned} of 30 came back");
+    assert_eq!(depth(&client, "q").await, (30, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_stays_prompt_under_continuous_load() {
     let server = TestServer::start().await;
     let client = server.client().await;

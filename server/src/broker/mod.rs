@@ -256,17 +256,31 @@ pub struct QueuePage {
     pub next_after: Option<String>,
 }
 
-/// An open Lease stream. Dropping it unsubscribes the consumer; its leases
-/// stay until their visibility timeout.
+/// An open Lease stream. Dropping it unsubscribes the consumer. The leases
+/// its client received stay until their visibility timeout; deliveries the
+/// stream had not passed on yet go back to the queue at once.
 pub struct Subscription {
-    pub events: tokio_mpsc::UnboundedReceiver<ConsumerEvent>,
+    /// `None` only once dropped.
+    events: Option<tokio_mpsc::UnboundedReceiver<ConsumerEvent>>,
     id: ConsumerId,
     commands: mpsc::Sender<Command>,
 }
 
+impl Subscription {
+    /// The stream's next event; `None` once the broker has gone.
+    pub async fn recv(&mut self) -> Option<ConsumerEvent> {
+        self.events.as_mut()?.recv().await
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unsubscribe { consumer: self.id });
+        // The receiver goes to the scheduler, the only sender: once it has
+        // dropped the consumer nothing more can arrive, so what the receiver
+        // still holds is exactly what was never sent.
+        if let Some(events) = self.events.take() {
+            let _ = self.commands.send(Command::Unsubscribe { consumer: self.id, events });
+        }
     }
 }
 
@@ -409,7 +423,7 @@ impl Broker {
         let id = self
             .ask(|reply| Command::Subscribe { queue, window, visibility_timeout, events: events_tx, reply })
             .await??;
-        Ok(Subscription { events, id, commands: self.commands.clone() })
+        Ok(Subscription { events: Some(events), id, commands: self.commands.clone() })
     }
 
     /// Acknowledges deliveries; answers per token, in order.

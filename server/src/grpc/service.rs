@@ -94,7 +94,7 @@ impl FilaService for HotPathApi {
         let stream = futures::stream::unfold(subscription, move |mut sub| {
             let (telemetry, consumer) = (telemetry.clone(), consumer.clone());
             async move {
-                let item = match sub.events.recv().await? {
+                let item = match sub.recv().await? {
                     ConsumerEvent::Deliveries(deliveries) => deliveries
                         .into_iter()
                         .map(|d| {

@@ -34,13 +34,7 @@ impl<S: Store> Scheduler<S> {
         let action = self
             .ask_on_failure(queue_id, &record)
             .unwrap_or_else(|| default_action(record.failures, max_attempts, dead_letter_queue.is_some()));
-        round.changes.push(Change::DeleteMessage {
-            queue: queue_id,
-            lane: lease.lane.clone(),
-            seq: lease.seq,
-            id: lease.token.message,
-        });
-        self.lease_ended(&lease);
+        self.end_lease_and_delete(&lease, round);
         let id = lease.token.message;
         // A queue without a dead-letter queue (a dead-letter queue itself)
         // retries with backoff instead.

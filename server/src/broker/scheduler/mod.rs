@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::consumers::{Consumer, ConsumerEvent, ConsumerId};
@@ -27,7 +27,7 @@ use super::{
     ConfigPage, ExplainSubject, Explanation, PeekedMessage, QueueInfo, QueuePage, QueueScriptsInfo, QueueStats,
     SettingsUpdate, ThrottleInfo, ThrottlePage,
 };
-use crate::domain::message::{due_unix_millis, unix_millis};
+use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
 use crate::domain::{
     BrokerError, Lane, LeaseError, LeaseToken, MessageId, QueueError, QueueId, QueueName, QueueSettings, ScriptSources,
     StorageError, ThrottleLimit, ValidationError,
@@ -84,6 +84,8 @@ pub enum Command {
     },
     Unsubscribe {
         consumer: ConsumerId,
+        /// The stream's receiver, with whatever it never passed on.
+        events: UnboundedReceiver<ConsumerEvent>,
     },
     Ack {
         tokens: Vec<Result<LeaseToken, BrokerError>>,
@@ -487,7 +489,7 @@ impl<S: Store> Scheduler<S> {
                 let result = self.subscribe(&queue, window, visibility_timeout, events);
                 round.answer(reply, result);
             }
-            Command::Unsubscribe { consumer } => self.unsubscribe(consumer),
+            Command::Unsubscribe { consumer, events } => self.unsubscribe(consumer, events, round),
             Command::Ack { tokens, reply } => {
                 let results = tokens.into_iter().map(|token| self.ack(token?, round)).collect();
                 round.answer(reply, results);
@@ -695,11 +697,19 @@ impl<S: Store> Scheduler<S> {
         Ok(id)
     }
 
-    fn unsubscribe(&mut self, consumer: ConsumerId) {
+    fn unsubscribe(&mut self, consumer: ConsumerId, mut events: UnboundedReceiver<ConsumerEvent>, round: &mut Round) {
         if let Some(gone) = self.consumers.remove(&consumer) {
             if let Some(queue) = self.queues.get_mut(&gone.queue) {
                 queue.consumers -= 1;
                 queue.waiting_consumers.retain(|&c| c != consumer);
+            }
+        }
+        // With the consumer's sender dropped above, nothing more arrives.
+        while let Ok(event) = events.try_recv() {
+            if let ConsumerEvent::Deliveries(deliveries) = event {
+                for delivery in deliveries {
+                    self.return_unsent(&delivery.token, round);
+                }
             }
         }
     }
@@ -743,14 +753,8 @@ impl<S: Store> Scheduler<S> {
             return Ok(());
         }
         let lease = self.take_lease(&token)?;
-        round.changes.push(Change::DeleteMessage {
-            queue: token.queue,
-            lane: lease.lane.clone(),
-            seq: lease.seq,
-            id: token.message,
-        });
         self.leases.remember_ack(&token);
-        self.lease_ended(&lease);
+        self.end_lease_and_delete(&lease, round);
         if let Some(queue) = self.queues.get_mut(&token.queue) {
             queue.counters.acked += 1;
         }
@@ -789,6 +793,38 @@ impl<S: Store> Scheduler<S> {
             }
         }
         Self::mark_dirty(&mut self.dirty, lease.token.queue);
+    }
+
+    /// Ends a lease and deletes the leased copy of the message in this
+    /// round's batch (the message itself may be stored again elsewhere).
+    fn end_lease_and_delete(&mut self, lease: &Lease, round: &mut Round) {
+        round.changes.push(Change::DeleteMessage {
+            queue: lease.token.queue,
+            lane: lease.lane.clone(),
+            seq: lease.seq,
+            id: lease.token.message,
+        });
+        self.lease_ended(lease);
+    }
+
+    /// Makes a message leased to a stream that went away before sending it
+    /// ready again, at the back of its lane like a retry but with no
+    /// attempt counted. Skipped if its lease has ended meanwhile.
+    fn return_unsent(&mut self, token: &LeaseToken, round: &mut Round) {
+        if self.leases.state_of(token) != TokenState::Current || !self.queues.contains_key(&token.queue) {
+            return;
+        }
+        let lease = self.leases.remove(token.message).expect("current lease exists");
+        let weight = match MessageRecord::decode_bytes(lease.record.clone()) {
+            Ok(record) => record.weight,
+            Err(error) => {
+                // Left leased: it comes back when the lease runs out.
+                tracing::error!(%error, message = %token.message, "cannot return an unsent delivery");
+                return;
+            }
+        };
+        self.end_lease_and_delete(&lease, round);
+        self.store_ready(token.queue, lease.lane, token.message, SentWeight::Kept(weight), lease.record, round);
     }
 
     fn extend(
