@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_no_delivery, next_delivery, TestServer};
+use common::{assert_no_delivery, next_delivery, wait_until, TestServer};
 use fila_sdk::{Client, Code, LeaseOptions, NewMessage, QueueOptions};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -102,11 +102,10 @@ async fn redrive_moves_dead_letters_back_with_attempts_reset() {
         next_delivery(&mut stream, WAIT).await;
     }
     drop(stream);
-    let deadline = Instant::now() + WAIT;
-    while info(&client, "jobs.dlq").await.depth < 5 {
-        assert!(Instant::now() < deadline, "messages did not reach the dead-letter queue");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(WAIT, "the messages reach the dead-letter queue", || async {
+        info(&client, "jobs.dlq").await.depth >= 5
+    })
+    .await;
     assert_eq!(info(&client, "jobs").await.depth, 0);
 
     assert_eq!(client.redrive("jobs", Some(2)).await.unwrap(), 2);

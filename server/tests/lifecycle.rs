@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::{assert_no_delivery, next_delivery, TestServer};
+use common::{assert_no_delivery, next_delivery, wait_until, TestServer};
 use fila_sdk::{Code, LeaseOptions, NewMessage, QueueOptions};
 use futures::StreamExt;
 
@@ -424,11 +424,7 @@ async fn what_a_closed_stream_was_never_sent_is_ready_again_at_once() {
     for _ in 0..30 {
         client.enqueue(("q", payload.clone())).await.unwrap();
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    while depth(&client, "q").await != (30, 30) {
-        assert!(std::time::Instant::now() < deadline, "not all leased: {:?}", depth(&client, "q").await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(WAIT, "all 30 are leased", || async { depth(&client, "q").await == (30, 30) }).await;
     drop(stalled);
 
     // Long before their 10-minute leases would run out, as first attempts.

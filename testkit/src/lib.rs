@@ -217,6 +217,19 @@ pub async fn next_delivery(stream: &mut fila_sdk::LeaseStream, timeout: Duration
         .expect("delivery ok")
 }
 
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Asserts that nothing is delivered for `wait`.
 pub async fn assert_no_delivery(stream: &mut fila_sdk::LeaseStream, wait: Duration) {
     use futures::StreamExt;
