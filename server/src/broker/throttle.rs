@@ -84,6 +84,13 @@ impl TokenBucket {
         self.tokens -= 1.0;
         self.passed += 1;
     }
+
+    /// Returns the token of a delivery that was never sent (capped at the
+    /// burst). `passed` stays as it is: it is exported as a counter.
+    pub fn give_back(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + 1.0).min(self.limit.burst);
+    }
 }
 
 /// All configured buckets.
@@ -136,6 +143,19 @@ impl Throttles {
                 bucket.take();
             }
         }
+    }
+
+    /// Gives back the tokens a delivery took from each of its keys that is
+    /// still limited; returns whether any bucket got one.
+    pub fn give_back(&mut self, keys: &[Arc<str>], now: Instant) -> bool {
+        let mut any = false;
+        for key in keys {
+            if let Some(bucket) = self.buckets.get_mut(key) {
+                bucket.give_back(now);
+                any = true;
+            }
+        }
+        any
     }
 }
 
@@ -203,5 +223,23 @@ mod tests {
         assert_eq!(t.get_mut("k").unwrap().tokens(t0), 2.0);
         assert!(t.remove("k"));
         assert!(!t.remove("k"));
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_but_never_beyond_the_burst() {
+        let t0 = Instant::now();
+        let mut t = Throttles::default();
+        t.set("k", limit(0.001, 2.0), t0);
+        let keys: Vec<Arc<str>> = vec!["k".into(), "unlimited".into()];
+        t.take(&keys);
+        t.take(&keys);
+        assert!(t.check(&keys, t0).is_err());
+        assert!(t.give_back(&keys, t0));
+        assert!(t.check(&keys, t0).is_ok());
+        t.give_back(&keys, t0);
+        t.give_back(&keys, t0);
+        assert_eq!(t.get_mut("k").unwrap().tokens(t0), 2.0);
+        assert_eq!(t.get_mut("k").unwrap().passed(), 2, "passes stay a counter");
+        assert!(!t.give_back(&["unlimited".into()], t0), "no limit, nothing to give back");
     }
 }

@@ -489,7 +489,7 @@ impl<S: Store> Scheduler<S> {
                 let result = self.subscribe(&queue, window, visibility_timeout, events);
                 round.answer(reply, result);
             }
-            Command::Unsubscribe { consumer, events } => self.unsubscribe(consumer, events, round),
+            Command::Unsubscribe { consumer, events } => self.unsubscribe(consumer, events, now, round),
             Command::Ack { tokens, reply } => {
                 let results = tokens.into_iter().map(|token| self.ack(token?, round)).collect();
                 round.answer(reply, results);
@@ -697,7 +697,13 @@ impl<S: Store> Scheduler<S> {
         Ok(id)
     }
 
-    fn unsubscribe(&mut self, consumer: ConsumerId, mut events: UnboundedReceiver<ConsumerEvent>, round: &mut Round) {
+    fn unsubscribe(
+        &mut self,
+        consumer: ConsumerId,
+        mut events: UnboundedReceiver<ConsumerEvent>,
+        now: Instant,
+        round: &mut Round,
+    ) {
         if let Some(gone) = self.consumers.remove(&consumer) {
             if let Some(queue) = self.queues.get_mut(&gone.queue) {
                 queue.consumers -= 1;
@@ -705,12 +711,18 @@ impl<S: Store> Scheduler<S> {
             }
         }
         // With the consumer's sender dropped above, nothing more arrives.
+        let mut tokens_returned = false;
         while let Ok(event) = events.try_recv() {
             if let ConsumerEvent::Deliveries(deliveries) = event {
                 for delivery in deliveries {
-                    self.return_unsent(&delivery.token, round);
+                    tokens_returned |= self.return_unsent(&delivery.token, now, round);
                 }
             }
+        }
+        // Returned messages unpark their own keys; other keys parked on the
+        // same throttle keys may have their tokens now too.
+        if tokens_returned {
+            self.wake_all_parked();
         }
     }
 
@@ -809,10 +821,12 @@ impl<S: Store> Scheduler<S> {
 
     /// Makes a message leased to a stream that went away before sending it
     /// ready again, at the back of its lane like a retry but with no
-    /// attempt counted. Skipped if its lease has ended meanwhile.
-    fn return_unsent(&mut self, token: &LeaseToken, round: &mut Round) {
+    /// attempt counted, and gives back the throttle tokens it took (no
+    /// downstream saw it). Skipped if its lease has ended meanwhile.
+    /// Returns whether any token was given back.
+    fn return_unsent(&mut self, token: &LeaseToken, now: Instant, round: &mut Round) -> bool {
         if self.leases.state_of(token) != TokenState::Current || !self.queues.contains_key(&token.queue) {
-            return;
+            return false;
         }
         let lease = self.leases.remove(token.message).expect("current lease exists");
         let weight = match MessageRecord::decode_bytes(lease.record.clone()) {
@@ -820,11 +834,13 @@ impl<S: Store> Scheduler<S> {
             Err(error) => {
                 // Left leased: it comes back when the lease runs out.
                 tracing::error!(%error, message = %token.message, "cannot return an unsent delivery");
-                return;
+                return false;
             }
         };
         self.end_lease_and_delete(&lease, round);
+        let tokens_returned = self.throttles.give_back(lease.lane.throttle.keys(), now);
         self.store_ready(token.queue, lease.lane, token.message, SentWeight::Kept(weight), lease.record, round);
+        tokens_returned
     }
 
     fn extend(
