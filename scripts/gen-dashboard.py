@@ -35,6 +35,7 @@ panel("Messages per second", [
     (f'sum by (messaging_destination_name) (rate(fila_messages_nacked_total{{{Q}}}[$__rate_interval]))', "nacked {{messaging_destination_name}}"),
     (f'sum by (messaging_destination_name) (rate(fila_messages_expired_total{{{Q}}}[$__rate_interval]))', "expired {{messaging_destination_name}}"),
     (f'sum by (messaging_destination_name) (rate(fila_messages_dead_lettered_total{{{Q}}}[$__rate_interval]))', "dead-lettered {{messaging_destination_name}}"),
+    (f'sum by (messaging_destination_name) (rate(fila_messages_returned_total{{{Q}}}[$__rate_interval]))', "returned unsent {{messaging_destination_name}}"),
 ], unit="ops")
 panel("Depth", [
     (f'fila_queue_ready{{{Q}}}', "ready {{messaging_destination_name}}"),

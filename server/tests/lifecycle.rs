@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::{assert_no_delivery, next_delivery, wait_until, TestServer};
+use common::{assert_no_delivery, deliveries_until_idle, next_delivery, stalled_reader, TestServer};
 use fila_sdk::{Code, LeaseOptions, NewMessage, QueueOptions};
 use futures::StreamExt;
 
@@ -413,28 +413,21 @@ async fn a_disconnected_consumer_keeps_its_leases_until_they_time_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_closed_stream_was_never_sent_is_ready_again_at_once() {
-    // A consumer that stops reading is held back by HTTP/2 flow control
-    // (a 2 MiB stream window), so most of these 512 KiB deliveries, one
-    // frame each, are still queued in the broker when it goes away.
+    // A consumer that stops reading: most of these 512 KiB deliveries stay
+    // queued in the broker when it goes away.
     let server = TestServer::start().await;
     let client = server.client().await;
     client.create_queue("q", visibility(600_000)).await.unwrap();
-    let stalled = client.lease("q", lease_opts(30)).await.unwrap();
     let payload = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
-    for _ in 0..30 {
-        client.enqueue(("q", payload.clone())).await.unwrap();
-    }
-    wait_until(WAIT, "all 30 are leased", || async { depth(&client, "q").await == (30, 30) }).await;
+    let messages = (0..30).map(|_| NewMessage::new("q", payload.clone())).collect();
+    let stalled = stalled_reader(&client, "q", messages, 30).await;
     drop(stalled);
 
     // Long before their 10-minute leases would run out, as first attempts.
     let mut second = client.lease("q", lease_opts(30)).await.unwrap();
-    let mut returned = 0;
-    while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(2), second.next()).await {
-        assert_eq!(delivery.unwrap().attempt, 1);
-        returned += 1;
-    }
-    assert!(returned >= 20, "only {returned} of 30 came back");
+    let returned = deliveries_until_idle(&mut second, Duration::from_secs(2)).await;
+    assert!(returned.iter().all(|d| d.attempt == 1));
+    assert!(returned.len() >= 20, "only {} of 30 came back", returned.len());
     assert_eq!(depth(&client, "q").await, (30, 30));
 }
 

@@ -200,6 +200,25 @@ fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_a_closed_stream_never_sent_are_counted_as_returned() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let options = QueueOptions { visibility_timeout: Some(Duration::from_secs(600)), ..Default::default() };
+    client.create_queue("jobs", options).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
+    let messages = (0..30).map(|_| NewMessage::new("jobs", payload.clone())).collect();
+    drop(common::stalled_reader(&client, "jobs", messages, 30).await);
+    // Only returned deliveries can come back before their 10-minute leases end.
+    let mut second = client.lease("jobs", window(30)).await.unwrap();
+    let returned = common::deliveries_until_idle(&mut second, Duration::from_secs(2)).await.len();
+    assert!(returned > 0);
+    tokio::time::sleep(SNAPSHOT_WAIT).await;
+    let m = scrape(&server).await;
+    assert_eq!(value(&m, "fila_messages_returned_total", &[(Q, "jobs")]), returned as f64);
+    assert_eq!(value(&m, "fila_messages_leased_total", &[(Q, "jobs")]), (30 + returned) as f64);
+}
+
 #[tokio::test]
 async fn per_key_series_are_capped_and_the_rest_is_summed() {
     let server = TestServer::start_with(&["--metrics-max-keys", "5"]).await;

@@ -142,33 +142,22 @@ async fn the_tokens_of_deliveries_a_closed_stream_never_sent_are_given_back() {
     client.create_queue("q", QueueOptions::default()).await.unwrap();
     // 30 tokens, and no refill to speak of during the test.
     client.set_throttle("provider:slow", 0.001, Some(30.0)).await.unwrap();
-    // A reader that stops reading: flow control keeps most of these 512 KiB
-    // deliveries (one per frame, as each arrives) in the broker. They take
-    // every token, and another tenant's message then parks its key until a
-    // refill about 1,000 s away.
-    let stalled = client.lease("q", window(31)).await.unwrap();
+    // A reader that stops reading: most of these 512 KiB deliveries stay
+    // queued in the broker. They take every token, and another tenant's
+    // message then parks its key until a refill about 1,000 s away.
     let payload = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
-    for _ in 0..30 {
-        let message = NewMessage::new("q", payload.clone()).fairness_key("a").throttle_key("provider:slow");
-        client.enqueue(message).await.unwrap();
-    }
-    client.enqueue(NewMessage::new("q", "b").fairness_key("b").throttle_key("provider:slow")).await.unwrap();
-    common::wait_until(WAIT, "all 30 tokens are taken", || async {
-        let q = client.list_queues().await.unwrap().into_iter().find(|q| q.name == "q").unwrap();
-        q.in_flight == 30
-    })
-    .await;
+    let mut messages: Vec<NewMessage> = (0..30)
+        .map(|_| NewMessage::new("q", payload.clone()).fairness_key("a").throttle_key("provider:slow"))
+        .collect();
+    messages.push(NewMessage::new("q", "b").fairness_key("b").throttle_key("provider:slow"));
+    let stalled = common::stalled_reader(&client, "q", messages, 30).await;
     drop(stalled);
 
     // What was never sent gave its token back, and the parked key woke.
     let mut second = client.lease("q", window(31)).await.unwrap();
-    let (mut delivered, mut parked_key_delivered) = (0, false);
-    while let Ok(Some(delivery)) =
-        tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut second)).await
-    {
-        parked_key_delivered |= delivery.unwrap().fairness_key == "b";
-        delivered += 1;
-    }
+    let deliveries = common::deliveries_until_idle(&mut second, Duration::from_secs(2)).await;
+    let delivered = deliveries.len();
+    let parked_key_delivered = deliveries.iter().any(|d| d.fairness_key == "b");
     assert!(delivered >= 20, "only {delivered} deliveries after the stream closed");
     assert!(parked_key_delivered, "the key parked for a refill was not woken by the returned tokens");
 }

@@ -237,3 +237,37 @@ pub async fn assert_no_delivery(stream: &mut fila_sdk::LeaseStream, wait: Durati
         panic!("expected no delivery, got {item:?}");
     }
 }
+
+/// Every delivery that arrives until none has for `idle`.
+pub async fn deliveries_until_idle(stream: &mut fila_sdk::LeaseStream, idle: Duration) -> Vec<fila_sdk::Delivery> {
+    use futures::StreamExt;
+    let mut deliveries = Vec::new();
+    while let Ok(Some(item)) = tokio::time::timeout(idle, stream.next()).await {
+        deliveries.push(item.expect("delivery ok"));
+    }
+    deliveries
+}
+
+/// Opens a Lease stream on `queue` that is never read, enqueues `messages`
+/// one call each (so each delivery is a frame of its own), and returns the
+/// stream once `leased` messages are in flight. With large payloads HTTP/2
+/// flow control (a 2 MiB stream window) keeps most of those deliveries
+/// queued in the broker, unsent.
+pub async fn stalled_reader(
+    client: &Client,
+    queue: &str,
+    messages: Vec<fila_sdk::NewMessage>,
+    leased: u64,
+) -> fila_sdk::LeaseStream {
+    let window = fila_sdk::LeaseOptions { max_in_flight: Some(messages.len() as u32), visibility_timeout: None };
+    let stream = client.lease(queue, window).await.expect("lease stream opens");
+    for message in messages {
+        client.enqueue(message).await.expect("enqueued");
+    }
+    wait_until(Duration::from_secs(5), &format!("{leased} messages are leased"), || async {
+        let queues = client.list_queues().await.expect("queues listed");
+        queues.iter().any(|q| q.name == queue && q.in_flight == leased)
+    })
+    .await;
+    stream
+}

@@ -87,6 +87,8 @@ pub struct QueueCounters {
     pub dead_lettered: u64,
     /// Messages moved back to this queue from its dead-letter queue.
     pub redriven: u64,
+    /// Deliveries a closed Lease stream never sent, made ready again.
+    pub returned: u64,
 }
 
 #[derive(Debug, Clone, Default)]

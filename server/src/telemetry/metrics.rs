@@ -229,7 +229,7 @@ impl Observer for MetricsObserver {
 
 fn register_queue_counters(meter: &Meter, shared: &Shared) {
     type Pick = fn(&QueueCounters) -> u64;
-    let counters: [(&'static str, &'static str, Pick); 7] = [
+    let counters: [(&'static str, &'static str, Pick); 8] = [
         ("fila.messages.enqueued", "Messages accepted into the queue (including delayed ones).", |c| c.enqueued),
         ("fila.messages.leased", "Deliveries to consumers (a retried message counts again).", |c| c.leased),
         ("fila.messages.acked", "Messages acknowledged (done).", |c| c.acked),
@@ -237,6 +237,7 @@ fn register_queue_counters(meter: &Meter, shared: &Shared) {
         ("fila.messages.expired", "Leases that ran out (visibility timeout) before an ack or nack.", |c| c.expired),
         ("fila.messages.dead_lettered", "Messages moved to the queue's dead-letter queue.", |c| c.dead_lettered),
         ("fila.messages.redriven", "Messages moved back from the dead-letter queue.", |c| c.redriven),
+        ("fila.messages.returned", "Deliveries a closed Lease stream never sent, made ready again.", |c| c.returned),
     ];
     for (name, description, pick) in counters {
         let shared = shared.clone();

@@ -838,6 +838,9 @@ impl<S: Store> Scheduler<S> {
             }
         };
         self.end_lease_and_delete(&lease, round);
+        if let Some(queue) = self.queues.get_mut(&token.queue) {
+            queue.counters.returned += 1;
+        }
         let tokens_returned = self.throttles.give_back(lease.lane.throttle.keys(), now);
         self.store_ready(token.queue, lease.lane, token.message, SentWeight::Kept(weight), lease.record, round);
         tokens_returned
