@@ -828,8 +828,8 @@ impl<S: Store> Scheduler<S> {
         if self.leases.state_of(token) != TokenState::Current || !self.queues.contains_key(&token.queue) {
             return false;
         }
-        let lease = self.leases.remove(token.message).expect("current lease exists");
-        let weight = match MessageRecord::decode_bytes(lease.record.clone()) {
+        let record = self.leases.get(token.message).expect("current lease exists").record.clone();
+        let weight = match MessageRecord::decode_bytes(record) {
             Ok(record) => record.weight,
             Err(error) => {
                 // Left leased: it comes back when the lease runs out.
@@ -837,6 +837,7 @@ impl<S: Store> Scheduler<S> {
                 return false;
             }
         };
+        let lease = self.leases.remove(token.message).expect("current lease exists");
         self.end_lease_and_delete(&lease, round);
         if let Some(queue) = self.queues.get_mut(&token.queue) {
             queue.counters.returned += 1;
