@@ -26,6 +26,17 @@ enum Stop {
 /// accepting, ends delivery streams, finishes in-flight calls, flushes and
 /// closes the database.
 pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
+    // Listen first: a port that is taken fails the start before the data
+    // directory is touched or the scheduler runs.
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let metrics_listener = match config.telemetry.metrics_listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
     let store = RocksStore::open(&config.data_dir, config.sync_writes)
@@ -41,8 +52,6 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
         telemetry.observer()?,
     )?;
 
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
             // Deliveries are small writes that must not wait for Nagle.
@@ -58,10 +67,9 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
         .build_v1()?;
 
     let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
-    let metrics_server = match (config.telemetry.metrics_listen, telemetry.prometheus_registry()) {
-        (Some(addr), Some(registry)) => {
-            let listener =
-                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let metrics_server = match (metrics_listener, telemetry.prometheus_registry()) {
+        (Some(listener), Some(registry)) => {
+            let addr = listener.local_addr()?;
             tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
             Some(tokio::spawn(crate::telemetry::serve_prometheus(listener, registry, async {
                 let _ = metrics_stopped.await;
@@ -87,7 +95,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Box<dyn Error>> {
     };
 
     let max = config.max_request_bytes;
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), sync_writes = config.sync_writes, "fila-server is serving");
+    tracing::info!(%listen, data_dir = %config.data_dir.display(), sync_writes = config.sync_writes, "fila-server is serving");
     tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new(telemetry.meter()))
         .add_service(health_service)

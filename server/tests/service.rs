@@ -128,3 +128,24 @@ async fn a_bad_config_file_stops_start_up_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fila.toml is invalid") && stderr.contains("max_batch"), "{stderr}");
 }
+
+#[test]
+fn a_taken_port_fails_the_start_before_the_data_directory_is_touched() {
+    for flag in ["--listen", "--metrics-listen"] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (taken_addr, free_addr) = (taken.local_addr().unwrap().to_string(), free.local_addr().unwrap().to_string());
+        drop(free);
+        let other = if flag == "--listen" { "--metrics-listen" } else { "--listen" };
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = temp.path().join("data");
+        let output = std::process::Command::new(common::server_binary())
+            .args([flag, &taken_addr, other, &free_addr, "--data-dir", data_dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains(&format!("on {taken_addr}: Address already in use")), "{flag}: {stderr}");
+        assert!(!data_dir.exists(), "{flag}: the data directory was created");
+    }
+}
