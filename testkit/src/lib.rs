@@ -60,6 +60,26 @@ fn free_addrs() -> (String, String) {
     (a.local_addr().unwrap().to_string(), b.local_addr().unwrap().to_string())
 }
 
+/// Whether process `pid` holds the socket listening on `addr` (IPv4):
+/// `/proc/net/tcp` names the listener's inode, and the process must have
+/// that socket open.
+fn listens_on(pid: u32, addr: &str) -> bool {
+    let Ok(addr) = addr.parse::<std::net::SocketAddrV4>() else { return false };
+    // The kernel prints the address as the native-endian value of its
+    // network-order bytes, then the port, both in hex.
+    let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(addr.ip().octets()), addr.port());
+    const LISTEN: &str = "0A";
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    // Columns: slot, local address, remote address, state, ..., inode (10th).
+    let socket = table.lines().skip(1).find_map(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let listening = *columns.get(1)? == local && *columns.get(3)? == LISTEN;
+        listening.then(|| columns.get(9).map(|inode| format!("socket:[{inode}]"))).flatten()
+    });
+    let (Some(socket), Ok(fds)) = (socket, std::fs::read_dir(format!("/proc/{pid}/fd"))) else { return false };
+    fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == socket.as_str()))
+}
+
 /// Starts tried with fresh ports when a port found free was taken by
 /// something else (another test's connection) before the server bound it.
 const START_ATTEMPTS: usize = 3;
@@ -148,9 +168,12 @@ impl TestServer {
     async fn wait_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         loop {
-            if let Ok(client) = Client::connect(self.addr.clone()).await {
-                if client.list_queues().await.is_ok() {
-                    return Ok(());
+            // Another test's server that took the port would answer too.
+            if listens_on(self.pid(), &self.addr) {
+                if let Ok(client) = Client::connect(self.addr.clone()).await {
+                    if client.list_queues().await.is_ok() {
+                        return Ok(());
+                    }
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -270,4 +293,22 @@ pub async fn stalled_reader(
     })
     .await;
     stream
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_told_apart_from_another_process_on_the_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        assert!(listens_on(std::process::id(), &addr));
+        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!listens_on(other.id(), &addr), "another process does not hold this listener");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        drop(listener);
+        assert!(!listens_on(std::process::id(), &addr), "nothing listens once it is closed");
+    }
 }
