@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use fila_server::config::{LogFormat, ServerConfig, Settings};
 use tracing_subscriber::EnvFilter;
@@ -14,7 +16,11 @@ fn main() -> std::process::ExitCode {
         eprintln!("fila-server: invalid log filter '{}' ({e}); using 'info'", config.log);
         EnvFilter::new("info")
     });
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: log files and journald get plain text.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
@@ -29,8 +35,13 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(fila_server::server::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("fila-server: {e}");
+            // Once: as a log line (JSON when asked for), or plainly if the
+            // log filter hides errors.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("fila-server: {e}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

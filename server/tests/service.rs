@@ -130,7 +130,7 @@ async fn a_bad_config_file_stops_start_up_with_a_clear_message() {
 }
 
 #[test]
-fn a_taken_port_fails_the_start_before_the_data_directory_is_touched() {
+fn a_taken_port_fails_the_start_once_before_the_data_directory_is_touched() {
     for flag in ["--listen", "--metrics-listen"] {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -145,7 +145,8 @@ fn a_taken_port_fails_the_start_before_the_data_directory_is_touched() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{flag}: {stderr}");
-        assert!(stderr.contains(&format!("on {taken_addr}: Address already in use")), "{flag}: {stderr}");
+        assert_eq!(stderr.matches(&format!("on {taken_addr}: Address already in use")).count(), 1, "{flag}: {stderr}");
+        assert!(!stderr.contains('\x1b'), "{flag}: colours in a log that is not a terminal: {stderr}");
         assert!(!data_dir.exists(), "{flag}: the data directory was created");
     }
 }
