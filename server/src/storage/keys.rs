@@ -1,16 +1,20 @@
 //! Byte layout of storage keys. Big-endian integers keep numeric order equal
 //! to byte order, so RocksDB's sorted keys give the scheduler its order:
 //!
-//! - `messages`: `queue(8) | lane | seq(8)` → `id(16) | record`, where
+//! - `message_log`: `queue(8) | seq(8)` → `id(16) | record`: every stored
+//!   message of a queue in the order it was stored, so a commit's writes
+//!   land at the end of the log and acknowledgements near its start,
+//!   whatever lanes the messages belong to.
+//! - `lane_chunks`: `queue(8) | lane | last_seq(8)` → the sequences of a
+//!   sealed chunk of the lane's index, where
 //!   `lane = key_len(2) | fairness_key | count(1) | (len(2) | throttle_key)*`:
-//!   the ready messages of one lane (fairness key + throttle keys) are one
-//!   contiguous range in arrival order, so "next messages of lane L" is a
-//!   single seek, and all lanes of a fairness key are adjacent.
+//!   a lane's chunks are one contiguous range in sequence order, so "the
+//!   next messages of lane L" is one seek (see `lane_index.rs`).
 //! - `message_index`: `queue(8) | message_id(16)` → `lane | seq(8) | weight(4)`:
 //!   finds a message by id (stale-lease checks, peek/explain).
-//! - `lane_tallies`: `queue(8) | lane` → message count, highest sequence and
-//!   newest weight of the lane, kept by a merge operator: what recovery
-//!   reads, one entry per lane.
+//! - `lane_tallies`: `queue(8) | lane` → message count, highest sequence,
+//!   newest weight and open sequences of the lane, kept by a merge
+//!   operator: what recovery reads, one entry per lane.
 //! - `weights`: `queue(8) | key_len(2) | fairness_key` → `weight(4)`:
 //!   operator overrides of fairness weights.
 //! - `queues`: queue name → queue definition; `throttles`: throttle key →
@@ -30,6 +34,39 @@ pub fn queue_prefix(queue: QueueId) -> [u8; 8] {
 /// The key range `[start, end)` that holds all entries of `queue`.
 pub fn queue_range(queue: QueueId) -> ([u8; 8], [u8; 8]) {
     (queue_prefix(queue), queue_prefix(queue + 1))
+}
+
+/// `queue(8) | seq(8)`: a message in its queue's log.
+pub fn log_key(queue: QueueId, seq: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&queue_prefix(queue));
+    out[8..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// A sealed chunk's value: its first sequence, then the gap to each next
+/// one, as varints (a lane's sequences are close together, so most gaps
+/// take a byte or two).
+pub fn chunk_value(seqs: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + seqs.len() * 2);
+    let mut previous = 0;
+    for &seq in seqs {
+        prost::encoding::encode_varint(seq - previous, &mut out);
+        previous = seq;
+    }
+    out
+}
+
+/// Parses a chunk value into its sequences, ascending.
+pub fn parse_chunk_value(mut bytes: &[u8]) -> Option<Vec<u64>> {
+    let mut seqs = Vec::with_capacity(bytes.len());
+    let mut previous = 0u64;
+    while !bytes.is_empty() {
+        let gap = prost::encoding::decode_varint(&mut bytes).ok()?;
+        previous = previous.checked_add(gap)?;
+        seqs.push(previous);
+    }
+    Some(seqs)
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -53,7 +90,10 @@ pub fn lane_location(lane: &Lane, seq: u64) -> Vec<u8> {
     out
 }
 
-pub fn message_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
+/// `queue(8) | lane | seq(8)`: a lane's sealed chunk ending at `seq`. (The
+/// `messages` family of data directories written before the log existed
+/// keyed each message so, by its own sequence.)
+pub fn chunk_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(72);
     out.extend_from_slice(&queue_prefix(queue));
     encode_lane(&mut out, lane);
@@ -175,8 +215,9 @@ pub fn parse_lane_key(key: &[u8]) -> Option<(QueueId, Lane)> {
     r.0.is_empty().then_some((queue, lane))
 }
 
-/// Parses a message key into queue, lane and sequence.
-pub fn parse_message_key(key: &[u8]) -> Option<(QueueId, Lane, u64)> {
+/// Parses a chunk key (or a key of the former `messages` family) into
+/// queue, lane and sequence.
+pub fn parse_chunk_key(key: &[u8]) -> Option<(QueueId, Lane, u64)> {
     let mut r = Reader(key);
     let queue = r.u64()?;
     let lane = r.lane()?;
@@ -220,11 +261,11 @@ mod tests {
     }
 
     #[test]
-    fn message_keys_round_trip() {
+    fn chunk_and_index_keys_round_trip() {
         let l = lane("tenant-a", &["provider:stripe", "tenant:a"]);
-        let key = message_key(3, &l, 42);
-        assert_eq!(parse_message_key(&key), Some((3, l.clone(), 42)));
-        assert_eq!(parse_message_key(&key[..key.len() - 1]), None);
+        let key = chunk_key(3, &l, 42);
+        assert_eq!(parse_chunk_key(&key), Some((3, l.clone(), 42)));
+        assert_eq!(parse_chunk_key(&key[..key.len() - 1]), None);
         let entry = IndexEntry { lane: l.clone(), seq: 7, weight: 3, due_ms: None };
         assert_eq!(parse_index_value(&index_value(&l, 7, 3)), Some(entry));
         let delayed = IndexEntry { lane: l.clone(), seq: 0, weight: 3, due_ms: Some(99) };
@@ -236,21 +277,21 @@ mod tests {
     }
 
     #[test]
-    fn messages_of_one_lane_sort_by_sequence_and_stay_contiguous() {
+    fn chunks_of_one_lane_sort_by_sequence_and_stay_contiguous() {
         let mut keys = [
-            message_key(1, &lane("b", &[]), 1),
-            message_key(1, &lane("a", &[]), 300),
-            message_key(1, &lane("a", &["x"]), 5),
-            message_key(1, &lane("a", &[]), 2),
-            message_key(1, &lane("ab", &[]), 1),
-            message_key(2, &lane("a", &[]), 0),
-            message_key(0, &lane("z", &[]), 9),
+            chunk_key(1, &lane("b", &[]), 1),
+            chunk_key(1, &lane("a", &[]), 300),
+            chunk_key(1, &lane("a", &["x"]), 5),
+            chunk_key(1, &lane("a", &[]), 2),
+            chunk_key(1, &lane("ab", &[]), 1),
+            chunk_key(2, &lane("a", &[]), 0),
+            chunk_key(0, &lane("z", &[]), 9),
         ];
         keys.sort();
         let parsed: Vec<_> = keys
             .iter()
             .map(|k| {
-                let (q, l, s) = parse_message_key(k).unwrap();
+                let (q, l, s) = parse_chunk_key(k).unwrap();
                 (q, l.fairness_key.to_string(), l.throttle.keys().len(), s)
             })
             .collect();
@@ -268,11 +309,29 @@ mod tests {
     }
 
     #[test]
+    fn the_log_sorts_by_queue_then_sequence() {
+        let mut keys = [log_key(2, 1), log_key(1, 256), log_key(1, 255), log_key(1, 0)];
+        keys.sort();
+        assert_eq!(keys, [log_key(1, 0), log_key(1, 255), log_key(1, 256), log_key(2, 1)]);
+        let (start, end) = queue_range(1);
+        assert!(log_key(1, u64::MAX)[..] < end[..] && log_key(1, 0)[..] >= start[..]);
+    }
+
+    #[test]
+    fn chunk_values_round_trip() {
+        for seqs in [vec![], vec![7], vec![1, 2, 3, 1_000, u64::MAX - 1]] {
+            assert_eq!(parse_chunk_value(&chunk_value(&seqs)), Some(seqs));
+        }
+        assert_eq!(chunk_value(&[300, 301, 302]).len(), 4, "small gaps take a byte");
+        assert_eq!(parse_chunk_value(&[0x80]), None, "a cut varint");
+    }
+
+    #[test]
     fn queue_range_covers_exactly_one_queue() {
         let (start, end) = queue_range(5);
-        assert!(message_key(5, &lane("k", &[]), 0).as_slice() >= &start[..]);
-        assert!(message_key(5, &lane(&"\u{ff}".repeat(100), &["x"]), u64::MAX).as_slice() < &end[..]);
-        assert!(message_key(6, &lane("", &[]), 0).as_slice() >= &end[..]);
+        assert!(chunk_key(5, &lane("k", &[]), 0).as_slice() >= &start[..]);
+        assert!(chunk_key(5, &lane(&"\u{ff}".repeat(100), &["x"]), u64::MAX).as_slice() < &end[..]);
+        assert!(chunk_key(6, &lane("", &[]), 0).as_slice() >= &end[..]);
         assert!(index_key(5, MessageId(u128::MAX))[..] < end[..]);
         assert!(weight_key(5, &"\u{ff}".repeat(100)).as_slice() < &end[..]);
     }

@@ -1,9 +1,14 @@
 //! Durable state behind a trait in domain terms. The scheduler never sees a
 //! key or a column family; `rocks` is the one implementation.
 
+mod journal;
 pub mod keys;
+mod lane_index;
+mod lane_reads;
 mod rocks;
 mod tally;
+mod upgrade;
+mod write_order;
 
 use bytes::Bytes;
 

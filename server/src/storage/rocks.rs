@@ -1,36 +1,45 @@
 //! RocksDB implementation of [`Store`].
 
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory, Options,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DataBlockIndexType, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
+use super::journal::{self, Journal};
 use super::keys;
-use super::tally::{self, Deltas, Tally};
+use super::lane_index::LaneIndex;
+use super::lane_reads;
+use super::tally::{self, Tally};
+use super::upgrade;
+use super::write_order::KeyOrdered;
 use super::{Change, ChangeSet, DueMessage, QueueDef, Recovered, RecoveredLane, Store, StoredMessage};
 use crate::domain::{Lane, MessageId, QueueId, QueueSettings, ScriptSources, StorageError, ThrottleLimit};
+use crate::fast_map::FastMap;
 
-const CF_QUEUES: &str = "queues";
-const CF_MESSAGES: &str = "messages";
-const CF_INDEX: &str = "message_index";
-const CF_META: &str = "meta";
+pub(super) const CF_QUEUES: &str = "queues";
+pub(super) const CF_LOG: &str = "message_log";
+pub(super) const CF_CHUNKS: &str = "lane_chunks";
+pub(super) const CF_INDEX: &str = "message_index";
+pub(super) const CF_META: &str = "meta";
 const CF_THROTTLES: &str = "throttles";
 const CF_WEIGHTS: &str = "weights";
 const CF_CONFIG: &str = "config";
 const CF_DELAYED: &str = "delayed";
-const CF_LANES: &str = "lane_tallies";
+pub(super) const CF_LANES: &str = "lane_tallies";
+const CF_JOURNAL: &str = "lane_journal";
 const NEXT_QUEUE_ID: &[u8] = b"next_queue_id";
+/// The highest sequence ever stored, so none is used twice even when every
+/// message of the log has gone.
+const SEQ_HIGH: &[u8] = b"seq_high";
 const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
 /// All memtables together; past it RocksDB flushes the largest.
 const MEMTABLE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Uncompressed blocks read from tables, for every column family.
 const BLOCK_CACHE_BYTES: usize = 16 * 1024 * 1024;
-/// Set once `lane_tallies` holds every lane (databases from before it
-/// existed are tallied from the index on their first start).
-const LANES_TALLIED: &[u8] = b"lanes_tallied";
 
 /// Queue definition as stored in the `queues` column family.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -64,18 +73,33 @@ struct ThrottleRecord {
     burst: f64,
 }
 
+/// The in-memory lane index of every queue (see `lane_index.rs`).
+pub(super) type LaneIndexes = FastMap<QueueId, FastMap<Lane, LaneIndex>>;
+
+/// The store. Only the scheduler thread uses it, so the lane index, which
+/// reads update too (a chunk's live count is learnt when it is first read),
+/// sits in a `RefCell`.
 pub struct RocksStore {
     db: Arc<DB>,
     sync_writes: bool,
+    lanes: RefCell<LaneIndexes>,
+    journal: RefCell<Journal>,
+    seq_high: Cell<u64>,
 }
 
-fn io(e: rocksdb::Error) -> StorageError {
+pub(super) fn io(e: rocksdb::Error) -> StorageError {
     StorageError::Io(e.into_string())
 }
 
+pub(super) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name).expect("column family is created at open")
+}
+
 impl RocksStore {
-    /// Opens (creating if needed) the database in `dir`. With `sync_writes`,
-    /// commits that ask for it are fsynced before they return.
+    /// Opens (creating if needed) the database in `dir`, bringing a data
+    /// directory written by an older version up to date. With
+    /// `sync_writes`, commits that ask for it are fsynced before they
+    /// return.
     pub fn open(dir: &Path, sync_writes: bool) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -95,32 +119,46 @@ impl RocksStore {
         // one block cache shared by every family (by default each family
         // gets a cache of its own).
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        table.set_block_cache(&cache);
         let family = || {
             let mut options = Options::default();
             options.set_block_based_table_factory(&table);
             options
         };
-        let mut messages = family();
-        messages.set_compression_type(DBCompressionType::Lz4);
-        messages.set_write_buffer_size(32 * 1024 * 1024);
-        // The default skip list, one sorted list across all lanes. A hash of
-        // per-lane skip lists (RocksDB's HashSkipList) made inserts cheaper,
-        // but every flush then sorted the buckets into one list, which cost
-        // more: with 1,000 active lanes the lifecycle ran at 64k msg/s with
-        // it and 78k without (means of three alternated runs each).
+        // The log: appended at its end, deleted from near its start, so the
+        // default skip list inserts next to its previous insert. A lane
+        // among many reads it by point lookups: bloom filters let a lookup
+        // skip the memtables and table files that do not hold its key (each
+        // of them spans from the oldest messages, whose deletions it holds,
+        // to the newest), and a hash index in each block finds the key
+        // without a binary search.
+        let mut log_table = BlockBasedOptions::default();
+        log_table.set_block_cache(&cache);
+        log_table.set_bloom_filter(10.0, false);
+        log_table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+        log_table.set_data_block_hash_ratio(0.75);
+        let mut log = Options::default();
+        log.set_block_based_table_factory(&log_table);
+        log.set_memtable_prefix_bloom_ratio(0.05);
+        log.set_memtable_whole_key_filtering(true);
+        log.set_compression_type(DBCompressionType::Lz4);
+        log.set_write_buffer_size(32 * 1024 * 1024);
+        let mut chunks = family();
+        chunks.set_write_buffer_size(8 * 1024 * 1024);
+        // Tallies are written by checkpoints (see `journal.rs`); versions
+        // before the journal merged a delta per lane per commit, and those
+        // merges may still be stored.
         let mut lanes = family();
-        lanes.set_merge_operator_associative(tally::MERGE_OPERATOR, tally::merge);
-        // Tallies take a merge per lane touched by every commit and are read
-        // only at recovery: an unsorted memtable makes each merge an append
-        // (a sorted one searched the whole table per merge, a fifth of the
-        // scheduler's time with 1,000 active lanes); the sort happens on flush.
-        lanes.set_memtable_factory(MemtableFactory::Vector);
-        lanes.set_write_buffer_size(16 * 1024 * 1024);
-        let cfs = vec![
+        lanes.set_merge_operator(tally::MERGE_OPERATOR, tally::full_merge, tally::partial_merge);
+        lanes.set_write_buffer_size(8 * 1024 * 1024);
+        let mut journal = family();
+        journal.set_write_buffer_size(16 * 1024 * 1024);
+        let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_QUEUES, family()),
-            ColumnFamilyDescriptor::new(CF_MESSAGES, messages),
+            ColumnFamilyDescriptor::new(CF_LOG, log),
+            ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
             ColumnFamilyDescriptor::new(CF_INDEX, family()),
             ColumnFamilyDescriptor::new(CF_META, family()),
             ColumnFamilyDescriptor::new(CF_THROTTLES, family()),
@@ -128,13 +166,29 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_CONFIG, family()),
             ColumnFamilyDescriptor::new(CF_DELAYED, family()),
             ColumnFamilyDescriptor::new(CF_LANES, lanes),
+            ColumnFamilyDescriptor::new(CF_JOURNAL, journal),
         ];
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
-        Ok(RocksStore { db: Arc::new(db), sync_writes })
+        let existing = DB::list_cf(&opts, dir).unwrap_or_default();
+        let lane_ordered = existing.iter().any(|name| name == upgrade::CF_LANE_ORDERED_MESSAGES);
+        if lane_ordered {
+            cfs.push(ColumnFamilyDescriptor::new(upgrade::CF_LANE_ORDERED_MESSAGES, family()));
+        }
+        let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
+        upgrade::tally_lanes_if_untallied(&db)?;
+        if lane_ordered {
+            upgrade::move_lane_ordered_messages_to_the_log(&mut db)?;
+        }
+        Ok(RocksStore {
+            db: Arc::new(db),
+            sync_writes,
+            lanes: RefCell::new(LaneIndexes::default()),
+            journal: RefCell::new(Journal::default()),
+            seq_high: Cell::new(0),
+        })
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family is created at open")
+        cf(&self.db, name)
     }
 
     fn recover_queues(&self) -> Result<Vec<QueueDef>, StorageError> {
@@ -161,63 +215,97 @@ impl RocksStore {
         Ok(queues)
     }
 
-    /// The stored messages of every lane, from the lane tallies: one entry
-    /// per lane, whatever the depth. Tallies that dropped to zero are
-    /// deleted on the way.
+    /// The stored messages of every lane, from the lane tallies and the
+    /// journal: one entry per lane, whatever the depth; they also rebuild
+    /// the lane index. Ends with a checkpoint, so the journal starts empty.
     fn recover_lanes(&self) -> Result<(Vec<RecoveredLane>, u64), StorageError> {
-        if self.db.get_cf(self.cf(CF_META), LANES_TALLIED).map_err(io)?.is_none() {
-            self.tally_lanes_from_index()?;
-        }
-        let mut lanes = Vec::new();
-        let mut empty = WriteBatch::default();
-        let mut max_seq = 0;
+        let mut tallies: FastMap<Vec<u8>, Tally> = FastMap::default();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_LANES));
         iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let tally = Tally::decode(value).ok_or_else(|| StorageError::Corrupt(format!("lane tally {key:?}")))?;
+            tallies.insert(key.to_vec(), tally);
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        // Every lane the journal names is written by the checkpoint below,
+        // and so is every emptied lane, which it deletes.
+        let mut rewrite: Vec<Vec<u8>> = tallies.iter().filter(|(_, t)| t.count <= 0).map(|(k, _)| k.clone()).collect();
+        let mut seq_high = self.meta_u64(SEQ_HIGH)?.unwrap_or(0);
+        let mut journal_len = 0;
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_JOURNAL));
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let entry =
+                journal::decode(value).ok_or_else(|| StorageError::Corrupt(format!("journal entry {key:?}")))?;
+            seq_high = seq_high.max(entry.seq_high);
+            for (lane_key, delta) in entry.lanes {
+                tallies.entry(lane_key.clone()).or_default().absorb(&delta);
+                rewrite.push(lane_key);
+            }
+            journal_len += 1;
+            iter.next();
+        }
+        iter.status().map_err(io)?;
+        let mut lanes = Vec::new();
+        let mut indexes = LaneIndexes::default();
+        let mut max_seq = seq_high;
+        for (key, tally) in &mut tallies {
             let corrupt = || StorageError::Corrupt(format!("lane tally {key:?}"));
             let (queue, lane) = keys::parse_lane_key(key).ok_or_else(corrupt)?;
-            let tally = Tally::decode(value).ok_or_else(corrupt)?;
+            tally.closed.clear();
             max_seq = max_seq.max(tally.max_seq);
             if tally.count > 0 {
                 let latest_weight = (tally.weight_seq > 0).then_some((tally.weight_seq, tally.weight));
+                let index = LaneIndex::recovered(Arc::from(key.as_slice()), tally);
+                indexes.entry(queue).or_default().insert(lane.clone(), index);
                 lanes.push(RecoveredLane { queue, lane, pending: tally.count as u64, latest_weight });
-            } else {
-                empty.delete_cf(self.cf(CF_LANES), key);
             }
-            iter.next();
         }
-        iter.status().map_err(io)?;
-        if !empty.is_empty() {
-            self.db.write(empty).map_err(io)?;
+        rewrite.sort_unstable();
+        rewrite.dedup();
+        let mut batch = WriteBatch::default();
+        for key in rewrite {
+            match tallies.get(&key).filter(|t| t.count > 0) {
+                Some(tally) => batch.put_cf(self.cf(CF_LANES), &key, tally.encode()),
+                None => batch.delete_cf(self.cf(CF_LANES), &key),
+            }
         }
+        if journal_len > 0 {
+            batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(u64::MAX));
+            batch.put_cf(self.cf(CF_META), SEQ_HIGH, max_seq.to_be_bytes());
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(io)?;
+        }
+        *self.lanes.borrow_mut() = indexes;
+        let mut journal = self.journal.borrow_mut();
+        *journal = Journal { checkpoint_bytes: journal.checkpoint_bytes, ..Journal::default() };
         Ok((lanes, max_seq))
     }
 
-    /// Builds the lane tallies of a database written before they existed,
-    /// from the message index (one pass over every stored message).
-    fn tally_lanes_from_index(&self) -> Result<(), StorageError> {
-        let mut deltas = Deltas::default();
-        let mut iter = self.db.raw_iterator_cf(self.cf(CF_INDEX));
-        iter.seek_to_first();
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            let corrupt = || StorageError::Corrupt(format!("message index entry {key:?}"));
-            let (queue, _) = keys::parse_index_key(key).ok_or_else(corrupt)?;
-            let keys::IndexEntry { lane, seq, weight, due_ms } = keys::parse_index_value(value).ok_or_else(corrupt)?;
-            if due_ms.is_none() {
-                deltas.add(queue, &lane, Tally::put(seq, weight));
-            }
-            iter.next();
-        }
-        iter.status().map_err(io)?;
+    /// Writes the whole tally of every lane changed since the last
+    /// checkpoint (or deletes it, for a lane left empty), in key order, and
+    /// deletes the journal, in one batch.
+    fn checkpoint(&self, indexes: &mut LaneIndexes, journal: &mut Journal) -> Result<(), StorageError> {
+        journal.dirty.sort_unstable_by(|a, b| a.2.cmp(&b.2));
+        journal.dirty.dedup_by(|a, b| a.2 == b.2);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LANES), &[0u8; 8][..], &[0xffu8; 9][..]);
-        for ((queue, lane), tally) in deltas.into_iter() {
-            batch.put_cf(self.cf(CF_LANES), keys::lane_key(queue, &lane), tally.encode());
+        for (queue, lane, key) in journal.dirty.drain(..) {
+            match indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(&lane)) {
+                Some(index) => {
+                    index.checkpointed();
+                    batch.put_cf(self.cf(CF_LANES), &key, index.tally().encode());
+                }
+                None => batch.delete_cf(self.cf(CF_LANES), &key),
+            }
         }
-        batch.put_cf(self.cf(CF_META), LANES_TALLIED, [1]);
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(io)
+        batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
+        batch.put_cf(self.cf(CF_META), SEQ_HIGH, self.seq_high.get().to_be_bytes());
+        self.db.write(batch).map_err(io)?;
+        journal.next = 0;
+        journal.bytes = 0;
+        Ok(())
     }
 
     /// Delayed messages per queue.
@@ -278,19 +366,39 @@ impl RocksStore {
         }
         Ok(out)
     }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        let value = self.db.get_cf(self.cf(CF_META), key).map_err(io)?;
+        Ok(value.and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
+    }
+}
+
+/// The index of `lane`, created if the lane is new; noted in `touched` the
+/// first time a commit changes it.
+fn lane_index<'a>(
+    indexes: &'a mut LaneIndexes,
+    touched: &mut Vec<(QueueId, Lane)>,
+    queue: QueueId,
+    lane: &Lane,
+) -> &'a mut LaneIndex {
+    let lanes = indexes.entry(queue).or_default();
+    if !lanes.contains_key(lane) {
+        lanes.insert(lane.clone(), LaneIndex::new(Arc::from(keys::lane_key(queue, lane))));
+    }
+    let index = lanes.get_mut(lane).expect("inserted above");
+    if !index.is_touched() {
+        touched.push((queue, lane.clone()));
+    }
+    index
 }
 
 impl Store for RocksStore {
     fn recover(&self) -> Result<Recovered, StorageError> {
         let queues = self.recover_queues()?;
         let (lanes, max_seq) = self.recover_lanes()?;
+        self.seq_high.set(max_seq);
         let delayed = self.recover_delayed()?;
-        let stored_next = self
-            .db
-            .get_cf(self.cf(CF_META), NEXT_QUEUE_ID)
-            .map_err(io)?
-            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(1);
+        let stored_next = self.meta_u64(NEXT_QUEUE_ID)?.unwrap_or(1);
         let next_queue_id = queues.iter().map(|q| q.id + 1).fold(stored_next, u64::max);
         Ok(Recovered {
             queues,
@@ -307,7 +415,14 @@ impl Store for RocksStore {
 
     fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        let mut deltas = Deltas::default();
+        let mut log: KeyOrdered<[u8; 16]> = KeyOrdered::default();
+        let mut index_writes: KeyOrdered<[u8; 24]> = KeyOrdered::default();
+        let mut indexes = self.lanes.borrow_mut();
+        let mut touched: Vec<(QueueId, Lane)> = Vec::new();
+        let mut seq_high = self.seq_high.get();
+        // A deleted queue's tallies go with a range delete; a checkpoint
+        // right after makes sure no journal entry brings them back.
+        let mut queue_deleted = false;
         for change in &changes.changes {
             match change {
                 Change::PutQueue(def) => {
@@ -324,31 +439,35 @@ impl Store for RocksStore {
                     batch.put_cf(self.cf(CF_QUEUES), def.name.as_bytes(), prost::Message::encode_to_vec(&rec));
                 }
                 Change::DeleteQueue { id, name } => {
+                    // Writes gathered so far go first, so the range deletes
+                    // cover them.
+                    log.add_to(&mut batch, self.cf(CF_LOG));
+                    index_writes.add_to(&mut batch, self.cf(CF_INDEX));
                     let (start, end) = keys::queue_range(*id);
                     batch.delete_cf(self.cf(CF_QUEUES), name.as_bytes());
-                    batch.delete_range_cf(self.cf(CF_MESSAGES), start, end);
-                    batch.delete_range_cf(self.cf(CF_INDEX), start, end);
-                    batch.delete_range_cf(self.cf(CF_WEIGHTS), start, end);
-                    batch.delete_range_cf(self.cf(CF_LANES), start, end);
-                    deltas.drop_queue(*id);
+                    for family in [CF_LOG, CF_CHUNKS, CF_INDEX, CF_WEIGHTS, CF_LANES] {
+                        batch.delete_range_cf(self.cf(family), start, end);
+                    }
+                    indexes.remove(id);
+                    touched.retain(|(queue, _)| queue != id);
+                    queue_deleted = true;
                 }
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
                 Change::PutMessage { queue, lane, seq, id, weight, record } => {
                     let mut value = Vec::with_capacity(16 + record.len());
                     value.extend_from_slice(&id.to_bytes());
                     value.extend_from_slice(record);
-                    batch.put_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, lane, *seq), value);
-                    batch.put_cf(
-                        self.cf(CF_INDEX),
-                        keys::index_key(*queue, *id),
-                        keys::index_value(lane, *seq, *weight),
-                    );
-                    deltas.add(*queue, lane, Tally::put(*seq, *weight));
+                    log.put(keys::log_key(*queue, *seq), value);
+                    index_writes.put(keys::index_key(*queue, *id), keys::index_value(lane, *seq, *weight));
+                    lane_index(&mut indexes, &mut touched, *queue, lane).add(*seq, *weight);
+                    seq_high = seq_high.max(*seq);
                 }
                 Change::DeleteMessage { queue, lane, seq, id } => {
-                    batch.delete_cf(self.cf(CF_MESSAGES), keys::message_key(*queue, lane, *seq));
-                    batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
-                    deltas.add(*queue, lane, Tally::delete());
+                    log.delete(keys::log_key(*queue, *seq));
+                    index_writes.delete(keys::index_key(*queue, *id));
+                    if let Some(last) = lane_index(&mut indexes, &mut touched, *queue, lane).remove(*seq) {
+                        batch.delete_cf(self.cf(CF_CHUNKS), keys::chunk_key(*queue, lane, last));
+                    }
                 }
                 Change::PutThrottle { key, limit } => {
                     let rec = ThrottleRecord { rate_per_second: limit.rate_per_second, burst: limit.burst };
@@ -366,24 +485,53 @@ impl Store for RocksStore {
                 Change::PutDelayed { queue, lane, id, weight, due_ms, record } => {
                     let key = keys::delayed_key(*due_ms, *queue, *id);
                     batch.put_cf(self.cf(CF_DELAYED), key, keys::delayed_value(lane, *weight, record));
-                    let index = keys::delayed_index_value(lane, *weight, *due_ms);
-                    batch.put_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id), index);
+                    index_writes.put(keys::index_key(*queue, *id), keys::delayed_index_value(lane, *weight, *due_ms));
                 }
                 Change::DeleteDelayed { queue, id, due_ms } => {
                     batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id))
                 }
                 Change::DiscardDelayed { queue, id, due_ms } => {
                     batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id));
-                    batch.delete_cf(self.cf(CF_INDEX), keys::index_key(*queue, *id));
+                    index_writes.delete(keys::index_key(*queue, *id));
                 }
             }
         }
-        for ((queue, lane), delta) in deltas.into_iter() {
-            batch.merge_cf(self.cf(CF_LANES), keys::lane_key(queue, &lane), delta.encode());
+        log.add_to(&mut batch, self.cf(CF_LOG));
+        index_writes.add_to(&mut batch, self.cf(CF_INDEX));
+        let mut journal = self.journal.borrow_mut();
+        let stored_more = seq_high > self.seq_high.get();
+        if stored_more {
+            self.seq_high.set(seq_high);
+        }
+        if stored_more || !touched.is_empty() {
+            let mut entry = Vec::with_capacity(64 * touched.len() + 8);
+            journal::start_entry(&mut entry, if stored_more { seq_high } else { 0 });
+            for (queue, lane) in touched {
+                let Some(lanes) = indexes.get_mut(&queue) else { continue };
+                let Some(index) = lanes.get_mut(&lane) else { continue };
+                if let Some(seqs) = index.seal_if_full() {
+                    let last = *seqs.last().expect("a sealed chunk has sequences");
+                    batch.put_cf(self.cf(CF_CHUNKS), keys::chunk_key(queue, &lane, last), keys::chunk_value(&seqs));
+                }
+                index.finish_commit(&mut entry);
+                if index.mark_dirty() {
+                    journal.dirty.push((queue, lane.clone(), Arc::clone(index.key())));
+                }
+                if index.is_empty() {
+                    lanes.remove(&lane);
+                }
+            }
+            journal.bytes += entry.len();
+            batch.put_cf(self.cf(CF_JOURNAL), journal::key(journal.next), entry);
+            journal.next += 1;
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync_writes && changes.needs_sync);
-        self.db.write_opt(batch, &opts).map_err(io)
+        self.db.write_opt(batch, &opts).map_err(io)?;
+        if journal.due() || queue_deleted {
+            self.checkpoint(&mut indexes, &mut journal)?;
+        }
+        Ok(())
     }
 
     fn read_ready(
@@ -394,23 +542,17 @@ impl Store for RocksStore {
         limit: usize,
         out: &mut Vec<StoredMessage>,
     ) -> Result<(), StorageError> {
-        let Some(first) = after_seq.checked_add(1) else { return Ok(()) };
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(keys::message_key(queue, lane, first));
-        opts.set_iterate_upper_bound(keys::message_key(queue, lane, u64::MAX));
-        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_MESSAGES), opts);
-        iter.seek_to_first();
+        let mut indexes = self.lanes.borrow_mut();
+        let Some(index) = indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(lane)) else { return Ok(()) };
         let mut taken = 0;
-        while taken < limit {
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
-            let corrupt = || StorageError::Corrupt(format!("message {key:?}"));
-            let (_, _, seq) = keys::parse_message_key(key).ok_or_else(corrupt)?;
+        let span = lane_reads::Span { after: after_seq, before: u64::MAX, want: limit };
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, |seq, value| {
+            let corrupt = || StorageError::Corrupt(format!("message {seq} of queue {queue}"));
             let id = value.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?;
             out.push(StoredMessage { seq, id, record: bytes::Bytes::copy_from_slice(&value[16..]) });
             taken += 1;
-            iter.next();
-        }
-        iter.status().map_err(io)
+            Ok(taken < limit)
+        })
     }
 
     fn read_due(&self, now_ms: u64, limit: usize, out: &mut Vec<DueMessage>) -> Result<Option<u64>, StorageError> {
@@ -478,21 +620,14 @@ impl Store for RocksStore {
         before_seq: u64,
         cap: u64,
     ) -> Result<u64, StorageError> {
-        let Some(first) = after_seq.checked_add(1) else { return Ok(0) };
-        if first >= before_seq {
-            return Ok(0);
-        }
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(keys::message_key(queue, lane, first));
-        opts.set_iterate_upper_bound(keys::message_key(queue, lane, before_seq));
-        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_MESSAGES), opts);
-        iter.seek_to_first();
+        let mut indexes = self.lanes.borrow_mut();
+        let Some(index) = indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(lane)) else { return Ok(0) };
         let mut count = 0;
-        while iter.valid() && count < cap {
+        let span = lane_reads::Span { after: after_seq, before: before_seq, want: cap.min(4096) as usize };
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, |_, _| {
             count += 1;
-            iter.next();
-        }
-        iter.status().map_err(io)?;
+            Ok(count < cap)
+        })?;
         Ok(count)
     }
 
@@ -502,8 +637,8 @@ impl Store for RocksStore {
             .name("fila-reclaim".into())
             .spawn(move || {
                 let (start, end) = keys::queue_range(queue);
-                for cf in [CF_MESSAGES, CF_INDEX] {
-                    if let Some(handle) = db.cf_handle(cf) {
+                for family in [CF_LOG, CF_CHUNKS, CF_INDEX] {
+                    if let Some(handle) = db.cf_handle(family) {
                         db.compact_range_cf(handle, Some(&start[..]), Some(&end[..]));
                     }
                 }
@@ -516,9 +651,9 @@ impl Store for RocksStore {
         self.db.flush_wal(true).map_err(io)
     }
 }
-
 #[cfg(test)]
 mod tests {
+    use super::super::lane_index::CHUNK_LEN;
     use super::*;
     use crate::domain::ThrottleSet;
     use bytes::Bytes;
@@ -679,19 +814,325 @@ mod tests {
         assert_eq!(tallies, 1, "the emptied lane's tally was removed at recovery");
     }
 
+    fn read_all(store: &RocksStore, queue: QueueId, key: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        store.read_ready(queue, &lane(key), 0, usize::MAX, &mut out).unwrap();
+        out.iter().map(|m| m.seq).collect()
+    }
+
+    fn entries(store: &RocksStore, family: &str) -> usize {
+        store.db.iterator_cf(store.cf(family), rocksdb::IteratorMode::Start).count()
+    }
+
+    fn delete(queue: QueueId, key: &str, seq: u64, id: MessageId) -> Change {
+        Change::DeleteMessage { queue, lane: lane(key), seq, id }
+    }
+
     #[test]
-    fn a_database_without_tallies_is_tallied_from_the_index() {
+    fn a_lane_reads_its_sealed_chunks_then_its_open_sequences() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), false).unwrap();
-        commit(&store, vec![put(1, "a", 1).0, put(1, "a", 2).0, put(2, "b", 3).0]);
-        // As written by a version before tallies existed.
-        store.db.delete_cf(store.cf(CF_META), LANES_TALLIED).unwrap();
-        let mut wipe = WriteBatch::default();
-        wipe.delete_range_cf(store.cf(CF_LANES), &[0u8; 8][..], &[0xffu8; 9][..]);
-        store.db.write(wipe).unwrap();
+        let mut stored = Vec::new();
+        let mut seq = 0;
+        // Lane a interleaved with lane b in the log; one large commit and
+        // many small ones, so chunks of several sizes are sealed.
+        for batch in [40, 1, 1, 30, 1, 10] {
+            let mut changes = Vec::new();
+            for _ in 0..batch {
+                seq += 1;
+                let (change, id) = put(1, "a", seq);
+                changes.push(change);
+                stored.push((seq, id));
+                seq += 1;
+                changes.push(put(1, "b", seq).0);
+            }
+            commit(&store, changes);
+        }
+        assert!(entries(&store, CF_CHUNKS) >= 2, "sealed chunks");
+        let all: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+        assert_eq!(read_all(&store, 1, "a"), all);
+        let mut out = Vec::new();
+        store.read_ready(1, &lane("a"), all[35], 10, &mut out).unwrap();
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), all[36..46]);
+        assert_eq!(out[0].record, Bytes::from(format!("a-{}", all[36])));
+        assert_eq!(store.count_between(1, &lane("a"), all[9], all[20], 100).unwrap(), 10);
+        // Acknowledged out of order, then all: every chunk goes with its
+        // last live message.
+        let (middle, rest): (Vec<_>, Vec<_>) = stored.iter().partition(|(s, _)| s % 3 == 0);
+        commit(&store, middle.iter().map(|&&(s, id)| delete(1, "a", s, id)).collect());
+        let left: Vec<u64> = rest.iter().map(|(s, _)| *s).collect();
+        assert_eq!(read_all(&store, 1, "a"), left);
+        commit(&store, rest.iter().map(|&&(s, id)| delete(1, "a", s, id)).collect());
+        assert_eq!(read_all(&store, 1, "a"), Vec::<u64>::new());
+        let b_chunks = read_all(&store, 1, "b").len() / CHUNK_LEN;
+        assert!(entries(&store, CF_CHUNKS) <= b_chunks, "lane a's chunks are gone");
+    }
+
+    #[test]
+    fn after_a_restart_chunks_are_counted_when_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stored = Vec::new();
+        {
+            let store = RocksStore::open(dir.path(), false).unwrap();
+            for seq in 1..=100 {
+                let (change, id) = put(1, "a", seq);
+                commit(&store, vec![change]);
+                stored.push((seq, id));
+            }
+            // Acknowledged out of order before the crash.
+            commit(&store, stored.iter().filter(|(s, _)| s % 10 == 5).map(|&(s, id)| delete(1, "a", s, id)).collect());
+        }
+        let store = RocksStore::open(dir.path(), false).unwrap();
         let rec = store.recover().unwrap();
-        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 2), (2, "b".into(), 1)]);
-        assert_eq!(rec.max_seq, 3);
-        assert!(store.db.get_cf(store.cf(CF_META), LANES_TALLIED).unwrap().is_some());
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 90)]);
+        let left: Vec<(u64, MessageId)> = stored.into_iter().filter(|(s, _)| s % 10 != 5).collect();
+        assert_eq!(read_all(&store, 1, "a"), left.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        commit(&store, left.iter().map(|&(s, id)| delete(1, "a", s, id)).collect());
+        assert_eq!(entries(&store, CF_CHUNKS), 0);
+        assert_eq!(entries(&store, CF_LOG), 0);
+        let rec = store.recover().unwrap();
+        assert!(rec.lanes.is_empty());
+    }
+
+    #[test]
+    fn sequences_are_not_reused_when_the_log_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), false).unwrap();
+            let (change, id) = put(1, "a", 41);
+            commit(&store, vec![change]);
+            commit(&store, vec![delete(1, "a", 41, id)]);
+        }
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        assert_eq!(store.recover().unwrap().max_seq, 41);
+    }
+
+    /// Writes messages the way versions before the log did: one entry per
+    /// message in `messages`, keyed by lane.
+    fn write_lane_ordered(dir: &std::path::Path, messages: &[(QueueId, &str, u64)]) {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let names = [upgrade::CF_LANE_ORDERED_MESSAGES, CF_INDEX, CF_LANES, CF_META];
+        let db = DB::open_cf(&opts, dir, names).unwrap();
+        let mut tallies: FastMap<(QueueId, &str), (i64, u64)> = FastMap::default();
+        for &(queue, key, seq) in messages {
+            let id = MessageId::generate();
+            let mut value = id.to_bytes().to_vec();
+            value.extend_from_slice(format!("{key}-{seq}").as_bytes());
+            let family = db.cf_handle(upgrade::CF_LANE_ORDERED_MESSAGES).unwrap();
+            db.put_cf(family, keys::chunk_key(queue, &lane(key), seq), value).unwrap();
+            let index = keys::index_value(&lane(key), seq, 0);
+            db.put_cf(db.cf_handle(CF_INDEX).unwrap(), keys::index_key(queue, id), index).unwrap();
+            let tally = tallies.entry((queue, key)).or_default();
+            *tally = (tally.0 + 1, tally.1.max(seq));
+        }
+        // First-version tallies: count, highest sequence, weight sequence
+        // and weight, 28 raw bytes.
+        for ((queue, key), (count, max_seq)) in tallies {
+            let mut value = count.to_be_bytes().to_vec();
+            value.extend_from_slice(&max_seq.to_be_bytes());
+            value.extend_from_slice(&[0; 12]);
+            db.put_cf(db.cf_handle(CF_LANES).unwrap(), keys::lane_key(queue, &lane(key)), value).unwrap();
+        }
+        db.put_cf(db.cf_handle(CF_META).unwrap(), upgrade::LANES_TALLIED, [1]).unwrap();
+    }
+
+    #[test]
+    fn messages_stored_by_lane_by_an_older_version_move_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut messages: Vec<(QueueId, &str, u64)> = (1..=75).map(|seq| (1, "a", seq * 2)).collect();
+        messages.extend([(1, "b", 3), (1, "b", 5), (2, "a", 7)]);
+        write_lane_ordered(dir.path(), &messages);
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        let rec = store.recover().unwrap();
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 75), (1, "b".into(), 2), (2, "a".into(), 1)]);
+        assert_eq!(rec.max_seq, 150);
+        assert_eq!(read_all(&store, 1, "a"), (1..=75).map(|s| s * 2).collect::<Vec<_>>());
+        assert_eq!(read_all(&store, 1, "b"), vec![3, 5]);
+        let mut out = Vec::new();
+        store.read_ready(2, &lane("a"), 0, 10, &mut out).unwrap();
+        assert_eq!(out[0].record, Bytes::from("a-7"));
+        drop(store);
+        let families = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!families.iter().any(|f| f == upgrade::CF_LANE_ORDERED_MESSAGES), "{families:?}");
+    }
+
+    #[test]
+    fn messages_stored_by_lane_before_tallies_existed_move_too() {
+        let dir = tempfile::tempdir().unwrap();
+        write_lane_ordered(dir.path(), &[(1, "a", 1), (1, "a", 2)]);
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [upgrade::CF_LANE_ORDERED_MESSAGES, CF_INDEX, CF_LANES, CF_META],
+            )
+            .unwrap();
+            db.delete_cf(db.cf_handle(CF_META).unwrap(), upgrade::LANES_TALLIED).unwrap();
+            db.delete_range_cf(db.cf_handle(CF_LANES).unwrap(), &[0u8; 8][..], &[0xffu8; 9][..]).unwrap();
+        }
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        let rec = store.recover().unwrap();
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 2)]);
+        assert_eq!(read_all(&store, 1, "a"), vec![1, 2]);
+    }
+
+    mod model {
+        //! The store against a model of what each lane holds, through random
+        //! stores, reads, out-of-order deletes and restarts.
+        use std::collections::{BTreeMap, HashSet};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const KEYS: [&str; 3] = ["a", "b", "c"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// One commit storing `count` messages in lane `lane`.
+            Put {
+                lane: usize,
+                count: usize,
+                gap: u64,
+            },
+            /// Reads the lane from a message on (the scheduler reads before
+            /// it deletes).
+            Read {
+                lane: usize,
+                from: usize,
+                limit: usize,
+            },
+            /// One commit deleting `count` read messages of the lane.
+            Delete {
+                lane: usize,
+                pick: usize,
+                count: usize,
+            },
+            Restart,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..3usize, 1..80usize, 0..3u64).prop_map(|(lane, count, gap)| Op::Put { lane, count, gap }),
+                3 => (0..3usize, 0..100usize, 1..100usize).prop_map(|(lane, from, limit)| Op::Read { lane, from, limit }),
+                3 => (0..3usize, any::<usize>(), 1..40usize).prop_map(|(lane, pick, count)| Op::Delete { lane, pick, count }),
+                1 => Just(Op::Restart),
+            ]
+        }
+
+        struct Run {
+            dir: tempfile::TempDir,
+            store: Option<RocksStore>,
+            lanes: [BTreeMap<u64, MessageId>; 3],
+            read: HashSet<u64>,
+            next_seq: u64,
+            last_seq: u64,
+        }
+
+        impl Run {
+            fn store(&self) -> &RocksStore {
+                self.store.as_ref().unwrap()
+            }
+
+            fn restart(&mut self) {
+                let checkpoint_bytes = self.store().journal.borrow().checkpoint_bytes;
+                self.store = None;
+                self.store = Some(RocksStore::open(self.dir.path(), false).unwrap());
+                self.store().journal.borrow_mut().checkpoint_bytes = checkpoint_bytes;
+                let rec = self.store().recover().unwrap();
+                let expected: Vec<(QueueId, String, u64)> = KEYS
+                    .iter()
+                    .zip(&self.lanes)
+                    .filter(|(_, l)| !l.is_empty())
+                    .map(|(k, l)| (1, k.to_string(), l.len() as u64))
+                    .collect();
+                assert_eq!(pending_by_key(&rec), expected);
+                assert!(rec.max_seq >= self.last_seq);
+                self.read.clear();
+            }
+
+            fn read(&mut self, lane: usize, from: usize, limit: usize) {
+                let seqs: Vec<u64> = self.lanes[lane].keys().copied().collect();
+                let after = if from == 0 || seqs.is_empty() { 0 } else { seqs[(from - 1) % seqs.len()] };
+                let mut out = Vec::new();
+                self.store().read_ready(1, &lane_of(lane), after, limit, &mut out).unwrap();
+                let expected: Vec<u64> = seqs.iter().copied().filter(|&s| s > after).take(limit).collect();
+                assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), expected);
+                for m in &out {
+                    assert_eq!(Some(&m.id), self.lanes[lane].get(&m.seq));
+                }
+                // The scheduler deletes only messages it has read (or
+                // stored) since it started.
+                self.read.extend(expected);
+            }
+        }
+
+        fn lane_of(i: usize) -> Lane {
+            lane(KEYS[i])
+        }
+
+        fn run(ops: Vec<Op>, checkpoint_bytes: usize) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Some(RocksStore::open(dir.path(), false).unwrap());
+            store.as_ref().unwrap().journal.borrow_mut().checkpoint_bytes = checkpoint_bytes;
+            let mut run = Run { dir, store, lanes: Default::default(), read: HashSet::new(), next_seq: 1, last_seq: 0 };
+            run.store().recover().unwrap();
+            for op in ops {
+                match op {
+                    Op::Put { lane, count, gap } => {
+                        let mut changes = Vec::new();
+                        for _ in 0..count {
+                            let (change, id) = put(1, KEYS[lane], run.next_seq);
+                            run.lanes[lane].insert(run.next_seq, id);
+                            run.last_seq = run.next_seq;
+                            run.next_seq += 1 + gap;
+                            changes.push(change);
+                        }
+                        run.read.extend(changes.iter().filter_map(|c| match c {
+                            Change::PutMessage { seq, .. } => Some(*seq),
+                            _ => None,
+                        }));
+                        commit(run.store(), changes);
+                    }
+                    Op::Read { lane, from, limit } => run.read(lane, from, limit),
+                    Op::Delete { lane, pick, count } => {
+                        let readable: Vec<u64> =
+                            run.lanes[lane].keys().copied().filter(|s| run.read.contains(s)).collect();
+                        let mut changes = Vec::new();
+                        for i in 0..count.min(readable.len()) {
+                            let seq = readable[(pick.wrapping_add(i * 7)) % readable.len()];
+                            if let Some(id) = run.lanes[lane].remove(&seq) {
+                                changes.push(delete(1, KEYS[lane], seq, id));
+                            }
+                        }
+                        commit(run.store(), changes);
+                    }
+                    Op::Restart => run.restart(),
+                }
+            }
+            // Everything read and deleted: nothing of the lanes is left.
+            for (lane, key) in KEYS.iter().enumerate() {
+                run.read(lane, 0, usize::MAX);
+                let all: Vec<Change> =
+                    std::mem::take(&mut run.lanes[lane]).into_iter().map(|(seq, id)| delete(1, key, seq, id)).collect();
+                commit(run.store(), all);
+            }
+            assert_eq!(entries(run.store(), CF_CHUNKS), 0, "every chunk went with its last message");
+            assert_eq!(entries(run.store(), CF_LOG), 0);
+            run.restart();
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+            #[test]
+            fn the_store_keeps_what_each_lane_holds(
+                ops in proptest::collection::vec(op(), 1..40),
+                checkpoint_bytes in prop_oneof![Just(journal::CHECKPOINT_BYTES), 1..2_000usize],
+            ) {
+                run(ops, checkpoint_bytes);
+            }
+        }
     }
 }

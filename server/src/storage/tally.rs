@@ -1,129 +1,123 @@
-//! Per-lane tallies: how many messages each lane holds in `messages`, its
-//! highest sequence, and the newest weight sent with one of its messages.
+//! Per-lane tallies: what recovery reads about each lane, one entry per lane
+//! whatever the depth. A tally holds how many messages the lane has in the
+//! log, its highest sequence, the newest weight sent with one of its
+//! messages, and the lane's *open* sequences: those not yet written into a
+//! sealed chunk of the lane index (see `lane_index.rs`).
 //!
-//! Recovery reads these (one entry per lane) instead of scanning an index
-//! entry per message, so restart time grows with the number of lanes, not
-//! with queue depth. They are kept with a RocksDB merge operator: a commit
-//! writes one small delta per lane it touched, never reading the old value.
+//! Tallies are kept with a RocksDB merge operator: a commit writes one
+//! small delta per lane it touched (messages added and removed, sequences
+//! opened and closed), never reading the old value. Deltas compose, so
+//! RocksDB may fold them together before it reaches the stored value.
 
 use rocksdb::MergeOperands;
 
-use crate::domain::{Lane, QueueId};
-use crate::fast_map::FastMap;
-
 pub const MERGE_OPERATOR: &str = "fila.lane_tally.v1";
-const ENCODED_LEN: usize = 28;
+/// Length of a tally written before open sequences existed (28 raw bytes).
+const V1_LEN: usize = 28;
+/// First byte of a tally in the current encoding. A first-version tally
+/// starts with the high byte of a count, 0x00 or 0xff.
+const V2_TAG: u8 = 2;
 
-/// One lane's tally, or a change to it (the same shape: deltas merge by
-/// adding counts and keeping the newest sequence and weight).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// One lane's tally, or a change to it (the same shape).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Tally {
     /// Messages stored (a delta may be negative).
+    #[prost(sint64, tag = "1")]
     pub count: i64,
+    #[prost(uint64, tag = "2")]
     pub max_seq: u64,
     /// Sequence of the newest message that carried a weight, and that
     /// weight; (0, 0) for none.
+    #[prost(uint64, tag = "3")]
     pub weight_seq: u64,
+    #[prost(uint32, tag = "4")]
     pub weight: u32,
+    /// No open sequence is below this one: everything older is in a sealed
+    /// chunk or gone. Only ever rises.
+    #[prost(uint64, tag = "5")]
+    pub floor: u64,
+    /// Sequences opened (stored and not in a sealed chunk), ascending.
+    #[prost(uint64, repeated, tag = "6")]
+    pub open: Vec<u64>,
+    /// Sequences closed out of order (above the floor) whose opening is in
+    /// an older value; only a delta carries these.
+    #[prost(uint64, repeated, tag = "7")]
+    pub closed: Vec<u64>,
 }
 
 impl Tally {
-    pub fn put(seq: u64, weight: u32) -> Self {
-        let (weight_seq, weight) = if weight > 0 { (seq, weight) } else { (0, 0) };
-        Tally { count: 1, max_seq: seq, weight_seq, weight }
-    }
-
-    pub fn delete() -> Self {
-        Tally { count: -1, ..Tally::default() }
-    }
-
-    pub fn absorb(&mut self, other: &Tally) {
-        self.count += other.count;
-        self.max_seq = self.max_seq.max(other.max_seq);
-        if other.weight_seq > self.weight_seq {
-            self.weight_seq = other.weight_seq;
-            self.weight = other.weight;
+    /// What a lane's stored tally is after `newer` (a later delta).
+    pub fn absorb(&mut self, newer: &Tally) {
+        self.count += newer.count;
+        self.max_seq = self.max_seq.max(newer.max_seq);
+        if newer.weight_seq > self.weight_seq {
+            self.weight_seq = newer.weight_seq;
+            self.weight = newer.weight;
         }
+        self.floor = self.floor.max(newer.floor);
+        // A sequence is opened once and closed at most once, after.
+        let mut reopened = Vec::new();
+        for &seq in &newer.closed {
+            match self.open.binary_search(&seq) {
+                Ok(i) => {
+                    self.open.remove(i);
+                }
+                Err(_) => reopened.push(seq),
+            }
+        }
+        self.closed.extend(reopened);
+        self.open.extend_from_slice(&newer.open);
+        let floor = self.floor;
+        self.open.retain(|&s| s >= floor);
+        self.closed.retain(|&s| s >= floor);
+        self.closed.sort_unstable();
     }
 
-    pub fn encode(&self) -> [u8; ENCODED_LEN] {
-        let mut out = [0u8; ENCODED_LEN];
-        out[0..8].copy_from_slice(&self.count.to_be_bytes());
-        out[8..16].copy_from_slice(&self.max_seq.to_be_bytes());
-        out[16..24].copy_from_slice(&self.weight_seq.to_be_bytes());
-        out[24..28].copy_from_slice(&self.weight.to_be_bytes());
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + prost::Message::encoded_len(self));
+        out.push(V2_TAG);
+        prost::Message::encode(self, &mut out).expect("a Vec grows as needed");
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != ENCODED_LEN {
-            return None;
-        }
-        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        Some(Tally {
-            count: u64_at(0) as i64,
-            max_seq: u64_at(8),
-            weight_seq: u64_at(16),
-            weight: u32::from_be_bytes(bytes[24..28].try_into().expect("4 bytes")),
-        })
-    }
-}
-
-/// The merge operator: folds deltas into the stored tally. A malformed
-/// operand (never written by this code) is skipped rather than failing
-/// every read of the key.
-pub fn merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    let mut tally = existing.and_then(Tally::decode).unwrap_or_default();
-    for operand in operands {
-        if let Some(delta) = Tally::decode(operand) {
-            tally.absorb(&delta);
-        }
-    }
-    Some(tally.encode().to_vec())
-}
-
-/// The deltas of one commit, one per lane touched.
-#[derive(Default)]
-pub struct Deltas {
-    by_lane: FastMap<(QueueId, Lane), Tally>,
-}
-
-impl Deltas {
-    pub fn add(&mut self, queue: QueueId, lane: &Lane, delta: Tally) {
-        match self.by_lane.get_mut(&(queue, lane.clone())) {
-            Some(tally) => tally.absorb(&delta),
-            None => {
-                self.by_lane.insert((queue, lane.clone()), delta);
+        match bytes.first() {
+            Some(&V2_TAG) => prost::Message::decode(&bytes[1..]).ok(),
+            _ if bytes.len() == V1_LEN => {
+                let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+                Some(Tally {
+                    count: u64_at(0) as i64,
+                    max_seq: u64_at(8),
+                    weight_seq: u64_at(16),
+                    weight: u32::from_be_bytes(bytes[24..28].try_into().expect("4 bytes")),
+                    ..Tally::default()
+                })
             }
+            _ => None,
         }
-    }
-
-    /// Forgets the deltas of a queue being deleted (its tallies go with a
-    /// range delete).
-    pub fn drop_queue(&mut self, queue: QueueId) {
-        self.by_lane.retain(|(q, _), _| *q != queue);
-    }
-
-    pub fn into_iter(self) -> impl Iterator<Item = ((QueueId, Lane), Tally)> {
-        self.by_lane.into_iter()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deltas_add_up_and_keep_the_newest_weight() {
-        let mut t = Tally::put(5, 3);
-        t.absorb(&Tally::put(9, 0));
-        t.absorb(&Tally::put(7, 4));
-        t.absorb(&Tally::delete());
-        assert_eq!(t, Tally { count: 2, max_seq: 9, weight_seq: 7, weight: 4 });
-        assert_eq!(Tally::decode(&t.encode()), Some(t));
-        let mut negative = Tally::delete();
-        negative.absorb(&Tally::delete());
-        assert_eq!(Tally::decode(&negative.encode()).unwrap().count, -2);
-        assert_eq!(Tally::decode(b"short"), None);
+fn fold(existing: Option<&[u8]>, operands: &MergeOperands) -> Tally {
+    let mut tally = existing.and_then(Tally::decode).unwrap_or_default();
+    // A malformed operand (never written by this code) is skipped rather
+    // than failing every read of the key.
+    for delta in operands.into_iter().filter_map(Tally::decode) {
+        tally.absorb(&delta);
     }
+    tally
+}
+
+/// Full merge: the stored value with every delta applied. Closings that
+/// found nothing to close refer to nothing older, and are dropped.
+pub fn full_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut tally = fold(existing, operands);
+    tally.closed.clear();
+    Some(tally.encode())
+}
+
+/// Partial merge: deltas folded into one, keeping the closings of
+/// sequences opened in older values.
+pub fn partial_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    Some(fold(existing, operands).encode())
 }
