@@ -108,11 +108,20 @@ pub struct Journal {
     pub dirty: Vec<(QueueId, Lane, Arc<[u8]>)>,
     /// Checkpoint past this many bytes of entries.
     pub checkpoint_bytes: usize,
+    /// A checkpoint seals a lane whose oldest open message is this many
+    /// sequences old (see `log_gc.rs`).
+    pub max_open_age: u64,
 }
 
 impl Default for Journal {
     fn default() -> Self {
-        Journal { next: 0, bytes: 0, dirty: Vec::new(), checkpoint_bytes: CHECKPOINT_BYTES }
+        Journal {
+            next: 0,
+            bytes: 0,
+            dirty: Vec::new(),
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            max_open_age: super::log_gc::MAX_OPEN_AGE,
+        }
     }
 }
 

@@ -44,29 +44,38 @@ pub fn log_key(queue: QueueId, seq: u64) -> [u8; 16] {
     out
 }
 
-/// A sealed chunk's value: its first sequence, then the gap to each next
-/// one, as varints (a lane's sequences are close together, so most gaps
-/// take a byte or two).
-pub fn chunk_value(seqs: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + seqs.len() * 2);
-    let mut previous = 0;
-    for &seq in seqs {
-        prost::encoding::encode_varint(seq - previous, &mut out);
-        previous = seq;
-    }
-    out
+/// A message as a sealed chunk holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkMessage<'a> {
+    pub seq: u64,
+    pub id: MessageId,
+    pub record: &'a [u8],
 }
 
-/// Parses a chunk value into its sequences, ascending.
-pub fn parse_chunk_value(mut bytes: &[u8]) -> Option<Vec<u64>> {
-    let mut seqs = Vec::with_capacity(bytes.len());
-    let mut previous = 0u64;
+/// Appends a message to a sealed chunk's value, which is, per message
+/// (ascending): the gap from the previous sequence (the first: from 0) as a
+/// varint, `id(16)`, the record's length as a varint, and the record.
+pub fn push_chunk_message(out: &mut Vec<u8>, previous_seq: u64, seq: u64, id: MessageId, record: &[u8]) {
+    prost::encoding::encode_varint(seq - previous_seq, out);
+    out.extend_from_slice(&id.to_bytes());
+    prost::encoding::encode_varint(record.len() as u64, out);
+    out.extend_from_slice(record);
+}
+
+/// Parses a chunk value into its messages, ascending.
+pub fn parse_chunk_value(mut bytes: &[u8]) -> Option<Vec<ChunkMessage<'_>>> {
+    let mut messages = Vec::with_capacity(32);
+    let mut seq = 0u64;
     while !bytes.is_empty() {
-        let gap = prost::encoding::decode_varint(&mut bytes).ok()?;
-        previous = previous.checked_add(gap)?;
-        seqs.push(previous);
+        seq = seq.checked_add(prost::encoding::decode_varint(&mut bytes).ok()?)?;
+        let id = MessageId::from_slice(bytes.get(..16)?)?;
+        bytes = &bytes[16..];
+        let len = usize::try_from(prost::encoding::decode_varint(&mut bytes).ok()?).ok()?;
+        let record = bytes.get(..len)?;
+        bytes = &bytes[len..];
+        messages.push(ChunkMessage { seq, id, record });
     }
-    Some(seqs)
+    Some(messages)
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -319,11 +328,20 @@ mod tests {
 
     #[test]
     fn chunk_values_round_trip() {
-        for seqs in [vec![], vec![7], vec![1, 2, 3, 1_000, u64::MAX - 1]] {
-            assert_eq!(parse_chunk_value(&chunk_value(&seqs)), Some(seqs));
+        let ids: Vec<MessageId> = (0..3).map(|_| MessageId::generate()).collect();
+        let messages = [(7, ids[0], &b"first"[..]), (9, ids[1], &b""[..]), (u64::MAX - 1, ids[2], &b"x"[..])];
+        let mut value = Vec::new();
+        let mut previous = 0;
+        for &(seq, id, record) in &messages {
+            push_chunk_message(&mut value, previous, seq, id, record);
+            previous = seq;
         }
-        assert_eq!(chunk_value(&[300, 301, 302]).len(), 4, "small gaps take a byte");
-        assert_eq!(parse_chunk_value(&[0x80]), None, "a cut varint");
+        let parsed = parse_chunk_value(&value).unwrap();
+        let expected: Vec<ChunkMessage> =
+            messages.iter().map(|&(seq, id, record)| ChunkMessage { seq, id, record }).collect();
+        assert_eq!(parsed, expected);
+        assert_eq!(parse_chunk_value(&[]), Some(Vec::new()));
+        assert_eq!(parse_chunk_value(&value[..value.len() - 1]), None, "a cut record");
     }
 
     #[test]

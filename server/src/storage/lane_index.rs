@@ -1,38 +1,67 @@
-//! The lane index: which sequences of a queue's log belong to each lane.
+//! The lane index: where each lane's messages are.
 //!
-//! Messages are stored in the order they are stored (`message_log`, keyed
-//! by queue and sequence), so a commit's puts land at the end of the log and
-//! acknowledgements near its start, however many lanes the messages belong
-//! to. A lane finds its messages through its index:
+//! Every message gets a sequence as it is stored, whatever its lane, and a
+//! lane's messages are in one of two places:
 //!
-//! - its newest sequences are *open*: held here, in memory, and persisted in
-//!   the lane's tally (one merge per lane per commit, into an unsorted
-//!   memtable, so nothing is inserted at a per-lane place in a sorted one);
-//! - once [`CHUNK_LEN`] are open they are *sealed* into one `lane_chunks`
-//!   entry, keyed by lane and last sequence: one sorted insert per
-//!   [`CHUNK_LEN`] messages of a lane, and one seek per read of a backlog.
+//! - its newest are *open*: in the message log (`message_log`, keyed by
+//!   queue and sequence, so a commit's puts land at the log's end however
+//!   many lanes they belong to). Their sequences are held here, with their
+//!   records while memory allows, and in the lane's tally;
+//! - once [`CHUNK_LEN`] are open they are *sealed*: copied, records and all,
+//!   into one `lane_chunks` entry keyed by lane and last sequence. A lane
+//!   with a backlog reads its next messages with one lookup, and a commit
+//!   storing [`CHUNK_LEN`] or more messages of one lane writes them straight
+//!   into a chunk, never into the log.
 //!
-//! A sealed chunk is deleted when its last live message is deleted. Its
-//! live count is known from its sealing, or, for chunks found in storage
-//! after a restart, from its first read, which checks every sequence in it.
-//! Messages are only ever deleted after they were read or delivered, so no
-//! delete misses a chunk whose count is known.
+//! Nothing is deleted from the log message by message: an entry below the
+//! lowest open sequence of all lanes is dead (acknowledged, or sealed) and
+//! compactions drop it (see `log_gc.rs`). A sealed chunk is deleted with its
+//! last live message. Its live count is known from its sealing, or, for a
+//! chunk found in storage after a restart, from its first read, which
+//! checks every message in it against the message index (messages are only
+//! deleted after they were read or delivered, so no delete misses a chunk
+//! whose count is known).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::journal;
-use super::tally::Tally;
+use bytes::Bytes;
 
-/// Sequences per sealed chunk: a lane's read-ahead reads about one chunk.
+use super::journal;
+use super::keys;
+use super::tally::Tally;
+use crate::domain::{Lane, MessageId, QueueId};
+use crate::fast_map::FastMap;
+
+/// Messages per sealed chunk: a lane's read-ahead reads about one chunk.
 pub const CHUNK_LEN: usize = 32;
 
+/// An open message of a lane.
+#[derive(Debug, Clone)]
+pub struct OpenMessage {
+    pub seq: u64,
+    /// Its id and record, while they are held in memory.
+    pub body: Option<(MessageId, Bytes)>,
+    /// Whether its log entry is written: not yet for a message stored in
+    /// the current commit, which, if sealed before the commit ends, never
+    /// goes to the log.
+    pub logged: bool,
+}
+
+impl OpenMessage {
+    fn body_size(&self) -> usize {
+        self.body.as_ref().map_or(0, |(_, record)| record.len() + 16)
+    }
+}
+
 /// A sealed chunk whose live messages are counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct LiveChunk {
     first: u64,
     last: u64,
     live: u32,
+    /// Messages deleted from it since it was counted, ascending.
+    gone: Vec<u64>,
 }
 
 /// The in-memory index of one lane, with everything of its tally.
@@ -49,8 +78,10 @@ pub struct LaneIndex {
     weight: u32,
     /// Every sequence below this is in a sealed chunk or gone.
     floor: u64,
-    /// Live sequences not in a sealed chunk, ascending.
-    open: VecDeque<u64>,
+    /// Live messages not in a sealed chunk, ascending.
+    open: VecDeque<OpenMessage>,
+    /// Bytes of the records held in `open`.
+    body_bytes: usize,
     /// Sealed chunks with live messages whose count is known, ascending.
     chunks: VecDeque<LiveChunk>,
     /// The change to the lane's tally in this commit (kept allocated
@@ -77,7 +108,8 @@ impl LaneIndex {
             weight_seq: tally.weight_seq,
             weight: tally.weight,
             floor: tally.floor,
-            open: tally.open.iter().copied().collect(),
+            open: tally.open.iter().map(|&seq| OpenMessage { seq, body: None, logged: true }).collect(),
+            body_bytes: 0,
             chunks: VecDeque::new(),
             delta: Tally::default(),
             touched: false,
@@ -97,7 +129,7 @@ impl LaneIndex {
             weight_seq: self.weight_seq,
             weight: self.weight,
             floor: self.floor,
-            open: self.open.iter().copied().collect(),
+            open: self.open.iter().map(|m| m.seq).collect(),
             closed: Vec::new(),
         }
     }
@@ -123,18 +155,19 @@ impl LaneIndex {
         self.dirty = false;
     }
 
-    /// Records a message stored in the log at `seq`, sent with `weight`
-    /// (0 = none).
+    /// Records a message stored at `seq`, sent with `weight` (0 = none).
+    /// It is open, and not yet in the log (see [`LaneIndex::log_new`]).
     /// (Sequences rise from commit to commit; within one they may come in
     /// any order.)
-    pub fn add(&mut self, seq: u64, weight: u32) {
+    pub fn add(&mut self, seq: u64, weight: u32, id: MessageId, record: Bytes) {
         self.count += 1;
         self.max_seq = self.max_seq.max(seq);
         if weight > 0 && seq > self.weight_seq {
             (self.weight_seq, self.weight) = (seq, weight);
         }
-        let at = self.open.partition_point(|&s| s < seq);
-        self.open.insert(at, seq);
+        let message = OpenMessage { seq, body: Some((id, record)), logged: false };
+        self.body_bytes += message.body_size();
+        insert_sorted(&mut self.open, message);
         let delta = self.delta();
         delta.count += 1;
         delta.max_seq = delta.max_seq.max(seq);
@@ -142,8 +175,13 @@ impl LaneIndex {
             delta.weight_seq = seq;
             delta.weight = weight;
         }
-        let at = delta.open.partition_point(|&s| s < seq);
-        delta.open.insert(at, seq);
+        match delta.open.last() {
+            Some(&last) if last > seq => {
+                let at = delta.open.partition_point(|&s| s < seq);
+                delta.open.insert(at, seq);
+            }
+            _ => delta.open.push(seq),
+        }
     }
 
     /// Records that the message at `seq` left the log. Returns the last
@@ -152,8 +190,13 @@ impl LaneIndex {
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
         self.count -= 1;
         self.delta().count -= 1;
-        if let Ok(i) = self.open.binary_search(&seq) {
-            self.open.remove(i);
+        let found = match self.open.front() {
+            Some(front) if front.seq == seq => Some(0),
+            _ => self.open.binary_search_by_key(&seq, |m| m.seq).ok(),
+        };
+        if let Some(i) = found {
+            let gone = self.open.remove(i).expect("found above");
+            self.body_bytes -= gone.body_size();
             let delta = &mut self.delta;
             match delta.open.binary_search(&seq) {
                 // Opened in this commit: the tally never hears of it.
@@ -171,6 +214,8 @@ impl LaneIndex {
         let chunk = self.chunks.get_mut(i).filter(|c| c.first <= seq)?;
         chunk.live -= 1;
         if chunk.live > 0 {
+            let at = chunk.gone.partition_point(|&s| s < seq);
+            chunk.gone.insert(at, seq);
             return None;
         }
         let last = chunk.last;
@@ -178,23 +223,56 @@ impl LaneIndex {
         Some(last)
     }
 
-    /// Seals the open sequences into a chunk once there are [`CHUNK_LEN`]
-    /// of them; returns the chunk's sequences, to be stored in the same
-    /// commit.
-    pub fn seal_if_full(&mut self) -> Option<Vec<u64>> {
+    /// Seals the open messages into a chunk once there are [`CHUNK_LEN`]
+    /// of them; returns them, to be stored as one chunk in this commit.
+    pub fn seal_if_full(&mut self) -> Option<Vec<OpenMessage>> {
         if self.open.len() < CHUNK_LEN {
             return None;
         }
-        let seqs: Vec<u64> = self.open.drain(..).collect();
-        let (first, last) = (seqs[0], *seqs.last().expect("a full chunk"));
-        self.chunks.push_back(LiveChunk { first, last, live: seqs.len() as u32 });
+        self.seal()
+    }
+
+    /// Seals every open message into a chunk (none if there are none).
+    pub fn seal(&mut self) -> Option<Vec<OpenMessage>> {
+        let (first, last) = (self.open.front()?.seq, self.open.back()?.seq);
+        let sealed: Vec<OpenMessage> = self.open.drain(..).collect();
+        self.body_bytes = 0;
+        self.chunks.push_back(LiveChunk { first, last, live: sealed.len() as u32, gone: Vec::new() });
         self.floor = self.floor.max(last + 1);
         let floor = self.floor;
         let delta = self.delta();
         delta.open.clear();
         delta.closed.clear();
         delta.floor = floor;
-        Some(seqs)
+        Some(sealed)
+    }
+
+    /// Calls `put` with every open message not yet in the log (all stored
+    /// in this commit, with their records), and counts it as logged.
+    pub fn log_new(&mut self, mut put: impl FnMut(u64, MessageId, &Bytes)) {
+        for message in self.open.iter_mut().rev().take_while(|m| !m.logged) {
+            let (id, record) = message.body.as_ref().expect("messages of this commit have their records");
+            put(message.seq, *id, record);
+            message.logged = true;
+        }
+    }
+
+    /// Drops the records held for open messages (they stay in the log).
+    pub fn drop_records(&mut self) {
+        for message in &mut self.open {
+            message.body = None;
+        }
+        self.body_bytes = 0;
+    }
+
+    /// Bytes of records held for open messages.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes
+    }
+
+    /// The lowest open sequence: no open message is older.
+    pub fn oldest_open(&self) -> Option<u64> {
+        self.open.front().map(|m| m.seq)
     }
 
     /// Appends this commit's change to the lane's tally to a journal entry,
@@ -203,10 +281,25 @@ impl LaneIndex {
         if !self.touched {
             return;
         }
-        self.floor = self.floor.max(self.open.front().copied().unwrap_or(self.max_seq + 1));
+        self.raise_floor();
         self.delta.floor = self.floor;
         self.delta.closed.sort_unstable();
         journal::push_lane(entry, &self.key, &self.delta);
+        self.clear_delta();
+    }
+
+    /// Forgets the change to the lane's tally: a checkpoint stores the
+    /// whole tally instead.
+    pub fn settle(&mut self) {
+        self.raise_floor();
+        self.clear_delta();
+    }
+
+    fn raise_floor(&mut self) {
+        self.floor = self.floor.max(self.oldest_open().unwrap_or(self.max_seq + 1));
+    }
+
+    fn clear_delta(&mut self) {
         let Tally { open, closed, .. } = &mut self.delta;
         let (mut open, mut closed) = (std::mem::take(open), std::mem::take(closed));
         open.clear();
@@ -230,16 +323,26 @@ impl LaneIndex {
         self.floor
     }
 
-    /// Open sequences above `after`, ascending.
-    pub fn open_after(&self, after: u64) -> impl Iterator<Item = u64> + '_ {
-        let start = self.open.partition_point(|&s| s <= after);
-        self.open.range(start..).copied()
+    /// Open messages above `after`, ascending.
+    pub fn open_after(&self, after: u64) -> impl Iterator<Item = &OpenMessage> + '_ {
+        let start = self.open.partition_point(|m| m.seq <= after);
+        self.open.range(start..)
     }
 
     /// Whether the live count of the sealed chunk ending at `last` is known.
     pub fn is_counted(&self, last: u64) -> bool {
+        self.counted(last).is_some()
+    }
+
+    fn counted(&self, last: u64) -> Option<&LiveChunk> {
         let i = self.chunks.partition_point(|c| c.last < last);
-        self.chunks.get(i).is_some_and(|c| c.last == last)
+        self.chunks.get(i).filter(|c| c.last == last)
+    }
+
+    /// The messages deleted from the counted chunk ending at `last` since
+    /// it was counted (a chunk's value keeps them until it is deleted).
+    pub fn gone_from(&self, last: u64) -> &[u64] {
+        self.counted(last).map_or(&[], |c| &c.gone)
     }
 
     /// Records the live count of a sealed chunk read for the first time.
@@ -248,7 +351,105 @@ impl LaneIndex {
             return;
         }
         let i = self.chunks.partition_point(|c| c.last < last);
-        self.chunks.insert(i, LiveChunk { first, last, live });
+        self.chunks.insert(i, LiveChunk { first, last, live, gone: Vec::new() });
+    }
+}
+
+/// Keeps `open` ascending; messages usually come in order, at the back.
+fn insert_sorted(open: &mut VecDeque<OpenMessage>, message: OpenMessage) {
+    match open.back() {
+        Some(last) if last.seq > message.seq => {
+            let at = open.partition_point(|m| m.seq < message.seq);
+            open.insert(at, message);
+        }
+        _ => open.push_back(message),
+    }
+}
+
+/// A lane's index and where it belongs.
+#[derive(Debug)]
+pub struct Slot {
+    pub queue: QueueId,
+    pub lane: Lane,
+    pub index: LaneIndex,
+}
+
+/// Handle of a lane's slot, valid until the lane is forgotten.
+pub type SlotId = usize;
+
+/// The index of every lane with something stored, in slots: a commit looks
+/// a lane up once per change and reaches it by handle afterwards.
+#[derive(Debug, Default)]
+pub struct LaneIndexes {
+    ids: FastMap<QueueId, FastMap<Lane, SlotId>>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<SlotId>,
+    /// Bytes of records held for open messages by lanes not being changed
+    /// (a commit takes a lane's share out while it changes the lane).
+    pub records_bytes: usize,
+}
+
+impl LaneIndexes {
+    /// The slot of a lane, made (empty) if the lane has none.
+    pub fn slot_of(&mut self, queue: QueueId, lane: &Lane) -> SlotId {
+        let lanes = self.ids.entry(queue).or_default();
+        if let Some(&id) = lanes.get(lane) {
+            return id;
+        }
+        let index = LaneIndex::new(Arc::from(keys::lane_key(queue, lane)));
+        let slot = Some(Slot { queue, lane: lane.clone(), index });
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id] = slot;
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        lanes.insert(lane.clone(), id);
+        id
+    }
+
+    /// Adds a lane as recovered from its tally.
+    pub fn insert(&mut self, queue: QueueId, lane: Lane, index: LaneIndex) {
+        let id = self.slot_of(queue, &lane);
+        self.slot_mut(id).index = index;
+    }
+
+    pub fn slot_mut(&mut self, id: SlotId) -> &mut Slot {
+        self.slots[id].as_mut().expect("a live slot")
+    }
+
+    pub fn get_mut(&mut self, queue: QueueId, lane: &Lane) -> Option<&mut LaneIndex> {
+        let id = *self.ids.get(&queue)?.get(lane)?;
+        Some(&mut self.slot_mut(id).index)
+    }
+
+    /// Every lane, by handle.
+    pub fn slots_mut(&mut self) -> impl Iterator<Item = (SlotId, &mut Slot)> {
+        self.slots.iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.as_mut()?)))
+    }
+
+    /// Forgets a lane; its handle may be given to another lane.
+    pub fn forget(&mut self, id: SlotId) {
+        if let Some(slot) = self.slots[id].take() {
+            if let Some(lanes) = self.ids.get_mut(&slot.queue) {
+                lanes.remove(&slot.lane);
+            }
+            self.free.push(id);
+        }
+    }
+
+    /// Forgets every lane of a queue.
+    pub fn forget_queue(&mut self, queue: QueueId) {
+        for id in self.ids.remove(&queue).into_iter().flat_map(|lanes| lanes.into_values()) {
+            if let Some(slot) = self.slots[id].take() {
+                self.records_bytes = self.records_bytes.saturating_sub(slot.index.body_bytes());
+            }
+            self.free.push(id);
+        }
     }
 }
 
@@ -258,6 +459,10 @@ mod tests {
 
     fn lane() -> LaneIndex {
         LaneIndex::new(Arc::from(&b"lane"[..]))
+    }
+
+    fn add(index: &mut LaneIndex, seq: u64, weight: u32) {
+        index.add(seq, weight, MessageId(u128::from(seq)), Bytes::from(format!("m{seq}")));
     }
 
     /// This commit's delta, as the journal carries it.
@@ -280,7 +485,7 @@ mod tests {
         let mut index = lane();
         let mut tally = Tally::default();
         for seq in [3, 5, 8] {
-            index.add(seq, 0);
+            add(&mut index, seq, 0);
         }
         stored(&mut tally, &mut index);
         assert_eq!((tally.count, tally.open.as_slice(), tally.floor), (3, &[3, 5, 8][..], 3));
@@ -301,9 +506,28 @@ mod tests {
     }
 
     #[test]
+    fn messages_of_this_commit_are_logged_once_and_their_records_can_be_dropped() {
+        let mut index = lane();
+        add(&mut index, 1, 0);
+        add(&mut index, 2, 0);
+        let mut logged = Vec::new();
+        index.log_new(|seq, _, record| logged.push((seq, record.clone())));
+        assert_eq!(logged, vec![(2, Bytes::from("m2")), (1, Bytes::from("m1"))]);
+        add(&mut index, 3, 0);
+        logged.clear();
+        index.log_new(|seq, _, _| logged.push((seq, Bytes::new())));
+        assert_eq!(logged.len(), 1, "only the new one");
+        assert_eq!(index.body_bytes(), 3 * (2 + 16));
+        index.drop_records();
+        assert_eq!(index.body_bytes(), 0);
+        assert!(index.open_after(0).all(|m| m.body.is_none() && m.logged));
+        assert_eq!(index.oldest_open(), Some(1));
+    }
+
+    #[test]
     fn a_message_stored_and_removed_in_one_commit_never_reaches_the_tally() {
         let mut index = lane();
-        index.add(4, 0);
+        add(&mut index, 4, 0);
         index.remove(4);
         let delta = take_delta(&mut index).unwrap();
         assert_eq!((delta.count, delta.open.len(), delta.closed.len(), delta.floor), (0, 0, 0, 5));
@@ -315,11 +539,14 @@ mod tests {
         let mut index = lane();
         let seqs: Vec<u64> = (0..CHUNK_LEN as u64).map(|i| 10 + 2 * i).collect();
         for &seq in &seqs[..CHUNK_LEN - 1] {
-            index.add(seq, 0);
-            assert_eq!(index.seal_if_full(), None);
+            add(&mut index, seq, 0);
+            assert!(index.seal_if_full().is_none());
         }
-        index.add(seqs[CHUNK_LEN - 1], 7);
-        assert_eq!(index.seal_if_full(), Some(seqs.clone()));
+        add(&mut index, seqs[CHUNK_LEN - 1], 7);
+        let sealed = index.seal_if_full().unwrap();
+        assert_eq!(sealed.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs);
+        assert!(sealed.iter().all(|m| !m.logged && m.body.is_some()), "sealed in the commit that stored them");
+        assert_eq!(index.body_bytes(), 0);
         let delta = take_delta(&mut index).unwrap();
         let last = *seqs.last().unwrap();
         assert_eq!((delta.count, delta.open.len(), delta.floor), (CHUNK_LEN as i64, 0, last + 1));
@@ -340,7 +567,10 @@ mod tests {
     fn a_recovered_chunk_is_counted_at_its_first_read() {
         let tally = Tally { count: 3, floor: 100, open: vec![120], ..Tally::default() };
         let mut index = LaneIndex::recovered(Arc::from(&b"lane"[..]), &tally);
-        assert_eq!(index.open_after(0).collect::<Vec<_>>(), vec![120]);
+        assert_eq!(
+            index.open_after(0).map(|m| (m.seq, m.logged, m.body.is_some())).collect::<Vec<_>>(),
+            vec![(120, true, false)]
+        );
         assert!(index.may_have_sealed_after(0));
         assert!(!index.is_counted(50));
         index.count_chunk(40, 50, 2);

@@ -1,33 +1,38 @@
-//! Reading one lane's messages in order: the sequences of its sealed chunks
-//! (from `lane_chunks`), then its open ones (in memory), each message
-//! fetched from the log in batches.
+//! Reading one lane's messages in order: those of its sealed chunks (from
+//! `lane_chunks`, a chunk per lookup), then its open ones (held in memory,
+//! or fetched from the log).
 
 use rocksdb::{ReadOptions, DB};
 
-use super::keys;
+use super::keys::{self, ChunkMessage};
 use super::lane_index::LaneIndex;
-use super::rocks::{cf, io, CF_CHUNKS, CF_LOG};
-use crate::domain::{Lane, QueueId, StorageError};
+use super::rocks::{cf, io, CF_CHUNKS, CF_INDEX, CF_LOG};
+use crate::domain::{Lane, MessageId, QueueId, StorageError};
 
 /// Which of a lane's messages to visit: sequences in `(after, before)`,
-/// about `want` of them (how many are fetched at a time).
+/// about `want` of them (how many open ones are fetched at a time).
 pub struct Span {
     pub after: u64,
     pub before: u64,
     pub want: usize,
 }
 
-/// Calls `found` with each message of the lane in `span`, in sequence
-/// order, until it returns false.
+impl Span {
+    fn holds(&self, seq: u64) -> bool {
+        seq > self.after && seq < self.before
+    }
+}
+
+/// Calls `found` with each message of the lane in `span` (sequence, id and
+/// record), in sequence order, until it returns false.
 pub fn for_each_message(
     db: &DB,
     queue: QueueId,
     lane: &Lane,
     index: &mut LaneIndex,
     span: Span,
-    mut found: impl FnMut(u64, &[u8]) -> Result<bool, StorageError>,
+    mut found: impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
 ) -> Result<(), StorageError> {
-    let within = |seq: u64| seq > span.after && seq < span.before;
     if index.may_have_sealed_after(span.after) {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(keys::chunk_key(queue, lane, span.after + 1));
@@ -37,31 +42,14 @@ pub fn for_each_message(
         while let (Some(key), Some(value)) = (chunks.key(), chunks.value()) {
             let corrupt = || StorageError::Corrupt(format!("lane chunk {key:?}"));
             let (_, _, last) = keys::parse_chunk_key(key).ok_or_else(corrupt)?;
-            let seqs = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
-            let first = *seqs.first().ok_or_else(corrupt)?;
-            if index.is_counted(last) {
-                let wanted: Vec<u64> = seqs.into_iter().filter(|&s| within(s)).collect();
-                if !visit(db, queue, &wanted, span.want, &mut found)? {
-                    return Ok(());
-                }
-            } else {
-                // Found in storage after a restart and read for the first
-                // time: every sequence in it is checked, so that its live
-                // count is known before any of its messages is deleted.
-                let (mut live, mut going) = (0, true);
-                fetch_each(db, queue, &seqs, |seq, value| {
-                    let Some(value) = value else { return Ok(true) };
-                    live += 1;
-                    if going && within(seq) {
-                        going = found(seq, value)?;
-                    }
-                    Ok(true)
-                })?;
-                index.count_chunk(first, last, live);
-                if live == 0 {
-                    db.delete_cf(cf(db, CF_CHUNKS), key).map_err(io)?;
-                }
-                if !going {
+            let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
+            if !index.is_counted(last) {
+                count_live(db, queue, (key, last), &mut messages, index)?;
+            }
+            let gone = index.gone_from(last);
+            let live = |m: &&ChunkMessage| gone.binary_search(&m.seq).is_err();
+            for message in messages.iter().filter(|m| span.holds(m.seq)).filter(live) {
+                if !found(message.seq, message.id, message.record)? {
                     return Ok(());
                 }
             }
@@ -72,40 +60,82 @@ pub fn for_each_message(
         }
         chunks.status().map_err(io)?;
     }
-    let open: Vec<u64> = index.open_after(span.after).take_while(|&s| s < span.before).collect();
-    visit(db, queue, &open, span.want, &mut found)?;
+    let open: Vec<_> = index.open_after(span.after).take_while(|m| m.seq < span.before).collect();
+    for part in open.chunks(span.want.max(1)) {
+        let unheld: Vec<u64> = part.iter().filter(|m| m.body.is_none()).map(|m| m.seq).collect();
+        let mut fetched = Vec::with_capacity(unheld.len());
+        fetch_each(db, queue, &unheld, |seq, value| {
+            let value = value.ok_or_else(|| StorageError::Corrupt(format!("open message {seq} is not in the log")))?;
+            fetched.push(bytes::Bytes::copy_from_slice(value));
+            Ok(true)
+        })?;
+        let mut fetched = fetched.into_iter();
+        for message in part {
+            let going = match &message.body {
+                Some((id, record)) => found(message.seq, *id, record)?,
+                None => {
+                    let value = fetched.next().expect("fetched above");
+                    let corrupt = || StorageError::Corrupt(format!("log entry {} of queue {queue}", message.seq));
+                    let id = value.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?;
+                    found(message.seq, id, &value[16..])?
+                }
+            };
+            if !going {
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 
-/// Fetches the messages at `seqs`, `batch` at a time, and passes those
-/// still in the log to `found`; false once `found` asked to stop.
-fn visit(
+/// Learns the live count of a chunk found in storage after a restart: a
+/// message is live while the index has it there. Dead ones (acknowledged
+/// before the restart) are taken out of `messages`, and out of the stored
+/// chunk too, or the chunk is deleted if none is live. The chunk keeps its
+/// key, which names the last sequence it was sealed with.
+fn count_live(
     db: &DB,
     queue: QueueId,
-    seqs: &[u64],
-    batch: usize,
-    found: &mut impl FnMut(u64, &[u8]) -> Result<bool, StorageError>,
-) -> Result<bool, StorageError> {
-    for part in seqs.chunks(batch.max(1)) {
-        let mut going = true;
-        fetch_each(db, queue, part, |seq, value| {
-            if let Some(value) = value {
-                going = found(seq, value)?;
-            }
-            Ok(going)
-        })?;
-        if !going {
-            return Ok(false);
+    (chunk_key, last): (&[u8], u64),
+    messages: &mut Vec<ChunkMessage<'_>>,
+    index: &mut LaneIndex,
+) -> Result<(), StorageError> {
+    let Some(first) = messages.first().map(|m| m.seq) else {
+        return db.delete_cf(cf(db, CF_CHUNKS), chunk_key).map_err(io);
+    };
+    let index_keys: Vec<[u8; 24]> = messages.iter().map(|m| keys::index_key(queue, m.id)).collect();
+    let entries = db.batched_multi_get_cf(cf(db, CF_INDEX), index_keys.iter(), false);
+    let mut live = Vec::with_capacity(messages.len());
+    for (message, entry) in messages.drain(..).zip(entries) {
+        // The index points at where the message is now: a message retried
+        // before the restart is stored again under another sequence.
+        let at = entry.map_err(io)?.and_then(|value| keys::parse_index_value(&value));
+        if at.is_some_and(|at| at.seq == message.seq && at.due_ms.is_none()) {
+            live.push(message);
         }
     }
-    Ok(true)
+    *messages = live;
+    index.count_chunk(first, last, messages.len() as u32);
+    if messages.is_empty() {
+        return db.delete_cf(cf(db, CF_CHUNKS), chunk_key).map_err(io);
+    }
+    if messages.len() < index_keys.len() {
+        let mut value = Vec::new();
+        let mut previous = 0;
+        for m in messages.iter() {
+            keys::push_chunk_message(&mut value, previous, m.seq, m.id, m.record);
+            previous = m.seq;
+        }
+        db.put_cf(cf(db, CF_CHUNKS), chunk_key, value).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Calls `each` with every one of `seqs` (ascending) and its log entry, if
 /// there is one, until it returns false. Sequences close together (one
 /// lane's backlog) are read with one scan of the log; scattered ones (a
 /// lane among many) with one batched point lookup.
-fn fetch_each(
+pub fn fetch_each(
     db: &DB,
     queue: QueueId,
     seqs: &[u64],

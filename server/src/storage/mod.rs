@@ -5,6 +5,7 @@ mod journal;
 pub mod keys;
 mod lane_index;
 mod lane_reads;
+mod log_gc;
 mod rocks;
 mod tally;
 mod upgrade;

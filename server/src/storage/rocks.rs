@@ -11,8 +11,9 @@ use rocksdb::{
 
 use super::journal::{self, Journal};
 use super::keys;
-use super::lane_index::LaneIndex;
+use super::lane_index::{LaneIndex, LaneIndexes, OpenMessage, Slot, SlotId};
 use super::lane_reads;
+use super::log_gc::Horizon;
 use super::tally::{self, Tally};
 use super::upgrade;
 use super::write_order::KeyOrdered;
@@ -40,6 +41,9 @@ const MAX_TOTAL_WAL_BYTES: u64 = 128 * 1024 * 1024;
 const MEMTABLE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Uncompressed blocks read from tables, for every column family.
 const BLOCK_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Records of open messages held in memory, all lanes together, so that
+/// sealing them and reading them need not read the log.
+const OPEN_RECORDS_BYTES: usize = 32 * 1024 * 1024;
 
 /// Queue definition as stored in the `queues` column family.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,9 +77,6 @@ struct ThrottleRecord {
     burst: f64,
 }
 
-/// The in-memory lane index of every queue (see `lane_index.rs`).
-pub(super) type LaneIndexes = FastMap<QueueId, FastMap<Lane, LaneIndex>>;
-
 /// The store. Only the scheduler thread uses it, so the lane index, which
 /// reads update too (a chunk's live count is learnt when it is first read),
 /// sits in a `RefCell`.
@@ -85,6 +86,7 @@ pub struct RocksStore {
     lanes: RefCell<LaneIndexes>,
     journal: RefCell<Journal>,
     seq_high: Cell<u64>,
+    horizon: Horizon,
 }
 
 pub(super) fn io(e: rocksdb::Error) -> StorageError {
@@ -141,6 +143,8 @@ impl RocksStore {
         log_table.set_data_block_hash_ratio(0.75);
         let mut log = Options::default();
         log.set_block_based_table_factory(&log_table);
+        let horizon = Horizon::default();
+        log.set_compaction_filter_factory(horizon.filter_factory());
         log.set_memtable_prefix_bloom_ratio(0.05);
         log.set_memtable_whole_key_filtering(true);
         log.set_compression_type(DBCompressionType::Lz4);
@@ -176,7 +180,7 @@ impl RocksStore {
         let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
         upgrade::tally_lanes_if_untallied(&db)?;
         if lane_ordered {
-            upgrade::move_lane_ordered_messages_to_the_log(&mut db)?;
+            upgrade::move_lane_ordered_messages_into_chunks(&mut db)?;
         }
         Ok(RocksStore {
             db: Arc::new(db),
@@ -184,6 +188,7 @@ impl RocksStore {
             lanes: RefCell::new(LaneIndexes::default()),
             journal: RefCell::new(Journal::default()),
             seq_high: Cell::new(0),
+            horizon,
         })
     }
 
@@ -258,7 +263,7 @@ impl RocksStore {
             if tally.count > 0 {
                 let latest_weight = (tally.weight_seq > 0).then_some((tally.weight_seq, tally.weight));
                 let index = LaneIndex::recovered(Arc::from(key.as_slice()), tally);
-                indexes.entry(queue).or_default().insert(lane.clone(), index);
+                indexes.insert(queue, lane.clone(), index);
                 lanes.push(RecoveredLane { queue, lane, pending: tally.count as u64, latest_weight });
             }
         }
@@ -278,21 +283,84 @@ impl RocksStore {
         if !batch.is_empty() {
             self.db.write(batch).map_err(io)?;
         }
+        // Log entries older than every open message are dead.
+        let oldest_open = indexes.slots_mut().filter_map(|(_, slot)| slot.index.oldest_open()).min();
+        self.horizon.raise(oldest_open.unwrap_or(max_seq + 1));
         *self.lanes.borrow_mut() = indexes;
         let mut journal = self.journal.borrow_mut();
-        *journal = Journal { checkpoint_bytes: journal.checkpoint_bytes, ..Journal::default() };
+        *journal = Journal {
+            checkpoint_bytes: journal.checkpoint_bytes,
+            max_open_age: journal.max_open_age,
+            ..Journal::default()
+        };
         Ok((lanes, max_seq))
+    }
+
+    /// Adds a sealed chunk to `batch`: the sealed messages, with the records
+    /// of those not held in memory read from the log.
+    fn write_chunk(
+        &self,
+        batch: &mut WriteBatch,
+        queue: QueueId,
+        lane: &Lane,
+        sealed: &[OpenMessage],
+    ) -> Result<(), StorageError> {
+        let unheld: Vec<u64> = sealed.iter().filter(|m| m.body.is_none()).map(|m| m.seq).collect();
+        let mut fetched = Vec::with_capacity(unheld.len());
+        lane_reads::fetch_each(&self.db, queue, &unheld, |seq, value| {
+            let value = value.ok_or_else(|| StorageError::Corrupt(format!("open message {seq} is not in the log")))?;
+            fetched.push(bytes::Bytes::copy_from_slice(value));
+            Ok(true)
+        })?;
+        let mut fetched = fetched.into_iter();
+        let mut value = Vec::with_capacity(sealed.iter().map(|m| m.body.as_ref().map_or(64, |b| b.1.len() + 24)).sum());
+        let mut previous = 0;
+        for message in sealed {
+            let (id, record) = match &message.body {
+                Some((id, record)) => (*id, record.clone()),
+                None => {
+                    let stored = fetched.next().expect("fetched above");
+                    let corrupt = || StorageError::Corrupt(format!("log entry {} of queue {queue}", message.seq));
+                    (stored.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?, stored.slice(16..))
+                }
+            };
+            keys::push_chunk_message(&mut value, previous, message.seq, id, &record);
+            previous = message.seq;
+        }
+        let last = sealed.last().map_or(0, |m| m.seq);
+        batch.put_cf(self.cf(CF_CHUNKS), keys::chunk_key(queue, lane, last), value);
+        Ok(())
     }
 
     /// Writes the whole tally of every lane changed since the last
     /// checkpoint (or deletes it, for a lane left empty), in key order, and
-    /// deletes the journal, in one batch.
+    /// deletes the journal, in one batch. Lanes whose oldest open message
+    /// has grown too old are sealed first, and the log's horizon rises to
+    /// the oldest open message left.
     fn checkpoint(&self, indexes: &mut LaneIndexes, journal: &mut Journal) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let seq_high = self.seq_high.get();
+        let mut horizon = seq_high + 1;
+        let mut released = 0;
+        for (_, Slot { queue, lane, index }) in indexes.slots_mut() {
+            let Some(oldest) = index.oldest_open() else { continue };
+            if oldest.saturating_add(journal.max_open_age) >= seq_high {
+                horizon = horizon.min(oldest);
+                continue;
+            }
+            released += index.body_bytes();
+            let sealed = index.seal().expect("the lane has open messages");
+            self.write_chunk(&mut batch, *queue, lane, &sealed)?;
+            index.settle();
+            if index.mark_dirty() {
+                journal.dirty.push((*queue, lane.clone(), Arc::clone(index.key())));
+            }
+        }
+        indexes.records_bytes = indexes.records_bytes.saturating_sub(released);
         journal.dirty.sort_unstable_by(|a, b| a.2.cmp(&b.2));
         journal.dirty.dedup_by(|a, b| a.2 == b.2);
-        let mut batch = WriteBatch::default();
         for (queue, lane, key) in journal.dirty.drain(..) {
-            match indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(&lane)) {
+            match indexes.get_mut(queue, &lane) {
                 Some(index) => {
                     index.checkpointed();
                     batch.put_cf(self.cf(CF_LANES), &key, index.tally().encode());
@@ -301,10 +369,11 @@ impl RocksStore {
             }
         }
         batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
-        batch.put_cf(self.cf(CF_META), SEQ_HIGH, self.seq_high.get().to_be_bytes());
+        batch.put_cf(self.cf(CF_META), SEQ_HIGH, seq_high.to_be_bytes());
         self.db.write(batch).map_err(io)?;
         journal.next = 0;
         journal.bytes = 0;
+        self.horizon.raise(horizon);
         Ok(())
     }
 
@@ -373,23 +442,19 @@ impl RocksStore {
     }
 }
 
-/// The index of `lane`, created if the lane is new; noted in `touched` the
-/// first time a commit changes it.
-fn lane_index<'a>(
-    indexes: &'a mut LaneIndexes,
-    touched: &mut Vec<(QueueId, Lane)>,
-    queue: QueueId,
-    lane: &Lane,
-) -> &'a mut LaneIndex {
-    let lanes = indexes.entry(queue).or_default();
-    if !lanes.contains_key(lane) {
-        lanes.insert(lane.clone(), LaneIndex::new(Arc::from(keys::lane_key(queue, lane))));
-    }
-    let index = lanes.get_mut(lane).expect("inserted above");
+/// The slot of `lane`, noted in `touched` the first time a commit changes
+/// it.
+/// (Its records held in memory are left out of the total until the commit
+/// ends.)
+fn touch(indexes: &mut LaneIndexes, touched: &mut Vec<SlotId>, queue: QueueId, lane: &Lane) -> SlotId {
+    let id = indexes.slot_of(queue, lane);
+    let index = &indexes.slot_mut(id).index;
     if !index.is_touched() {
-        touched.push((queue, lane.clone()));
+        let held = index.body_bytes();
+        indexes.records_bytes = indexes.records_bytes.saturating_sub(held);
+        touched.push(id);
     }
-    index
+    id
 }
 
 impl Store for RocksStore {
@@ -418,7 +483,8 @@ impl Store for RocksStore {
         let mut log: KeyOrdered<[u8; 16]> = KeyOrdered::default();
         let mut index_writes: KeyOrdered<[u8; 24]> = KeyOrdered::default();
         let mut indexes = self.lanes.borrow_mut();
-        let mut touched: Vec<(QueueId, Lane)> = Vec::new();
+        // Lanes this commit changed, each once.
+        let mut touched: Vec<SlotId> = Vec::new();
         let mut seq_high = self.seq_high.get();
         // A deleted queue's tallies go with a range delete; a checkpoint
         // right after makes sure no journal entry brings them back.
@@ -441,31 +507,38 @@ impl Store for RocksStore {
                 Change::DeleteQueue { id, name } => {
                     // Writes gathered so far go first, so the range deletes
                     // cover them.
-                    log.add_to(&mut batch, self.cf(CF_LOG));
                     index_writes.add_to(&mut batch, self.cf(CF_INDEX));
                     let (start, end) = keys::queue_range(*id);
                     batch.delete_cf(self.cf(CF_QUEUES), name.as_bytes());
                     for family in [CF_LOG, CF_CHUNKS, CF_INDEX, CF_WEIGHTS, CF_LANES] {
                         batch.delete_range_cf(self.cf(family), start, end);
                     }
-                    indexes.remove(id);
-                    touched.retain(|(queue, _)| queue != id);
+                    touched.retain(|&slot| {
+                        let Slot { queue, index, .. } = indexes.slot_mut(slot);
+                        let other = *queue != *id;
+                        if !other {
+                            // Counted again, so that forgetting takes it out.
+                            let bytes = index.body_bytes();
+                            indexes.records_bytes += bytes;
+                        }
+                        other
+                    });
+                    indexes.forget_queue(*id);
                     queue_deleted = true;
                 }
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
                 Change::PutMessage { queue, lane, seq, id, weight, record } => {
-                    let mut value = Vec::with_capacity(16 + record.len());
-                    value.extend_from_slice(&id.to_bytes());
-                    value.extend_from_slice(record);
-                    log.put(keys::log_key(*queue, *seq), value);
+                    // Into the log or a chunk when the commit ends.
                     index_writes.put(keys::index_key(*queue, *id), keys::index_value(lane, *seq, *weight));
-                    lane_index(&mut indexes, &mut touched, *queue, lane).add(*seq, *weight);
+                    let slot = touch(&mut indexes, &mut touched, *queue, lane);
+                    indexes.slot_mut(slot).index.add(*seq, *weight, *id, record.clone());
                     seq_high = seq_high.max(*seq);
                 }
                 Change::DeleteMessage { queue, lane, seq, id } => {
-                    log.delete(keys::log_key(*queue, *seq));
+                    // Its log entry, if it has one, is left to compactions.
                     index_writes.delete(keys::index_key(*queue, *id));
-                    if let Some(last) = lane_index(&mut indexes, &mut touched, *queue, lane).remove(*seq) {
+                    let slot = touch(&mut indexes, &mut touched, *queue, lane);
+                    if let Some(last) = indexes.slot_mut(slot).index.remove(*seq) {
                         batch.delete_cf(self.cf(CF_CHUNKS), keys::chunk_key(*queue, lane, last));
                     }
                 }
@@ -496,7 +569,6 @@ impl Store for RocksStore {
                 }
             }
         }
-        log.add_to(&mut batch, self.cf(CF_LOG));
         index_writes.add_to(&mut batch, self.cf(CF_INDEX));
         let mut journal = self.journal.borrow_mut();
         let stored_more = seq_high > self.seq_high.get();
@@ -506,25 +578,36 @@ impl Store for RocksStore {
         if stored_more || !touched.is_empty() {
             let mut entry = Vec::with_capacity(64 * touched.len() + 8);
             journal::start_entry(&mut entry, if stored_more { seq_high } else { 0 });
-            for (queue, lane) in touched {
-                let Some(lanes) = indexes.get_mut(&queue) else { continue };
-                let Some(index) = lanes.get_mut(&lane) else { continue };
-                if let Some(seqs) = index.seal_if_full() {
-                    let last = *seqs.last().expect("a sealed chunk has sequences");
-                    batch.put_cf(self.cf(CF_CHUNKS), keys::chunk_key(queue, &lane, last), keys::chunk_value(&seqs));
+            for id in touched {
+                let held_elsewhere = indexes.records_bytes;
+                let Slot { queue, lane, index } = indexes.slot_mut(id);
+                if let Some(sealed) = index.seal_if_full() {
+                    self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                 }
+                index.log_new(|seq, id, record| {
+                    let mut value = Vec::with_capacity(16 + record.len());
+                    value.extend_from_slice(&id.to_bytes());
+                    value.extend_from_slice(record);
+                    log.put(keys::log_key(*queue, seq), value);
+                });
+                if held_elsewhere + index.body_bytes() > OPEN_RECORDS_BYTES {
+                    index.drop_records();
+                }
+                let held = index.body_bytes();
                 index.finish_commit(&mut entry);
                 if index.mark_dirty() {
-                    journal.dirty.push((queue, lane.clone(), Arc::clone(index.key())));
+                    journal.dirty.push((*queue, lane.clone(), Arc::clone(index.key())));
                 }
                 if index.is_empty() {
-                    lanes.remove(&lane);
+                    indexes.forget(id);
                 }
+                indexes.records_bytes += held;
             }
             journal.bytes += entry.len();
             batch.put_cf(self.cf(CF_JOURNAL), journal::key(journal.next), entry);
             journal.next += 1;
         }
+        log.add_to(&mut batch, self.cf(CF_LOG));
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync_writes && changes.needs_sync);
         self.db.write_opt(batch, &opts).map_err(io)?;
@@ -543,13 +626,11 @@ impl Store for RocksStore {
         out: &mut Vec<StoredMessage>,
     ) -> Result<(), StorageError> {
         let mut indexes = self.lanes.borrow_mut();
-        let Some(index) = indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(lane)) else { return Ok(()) };
+        let Some(index) = indexes.get_mut(queue, lane) else { return Ok(()) };
         let mut taken = 0;
         let span = lane_reads::Span { after: after_seq, before: u64::MAX, want: limit };
-        lane_reads::for_each_message(&self.db, queue, lane, index, span, |seq, value| {
-            let corrupt = || StorageError::Corrupt(format!("message {seq} of queue {queue}"));
-            let id = value.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?;
-            out.push(StoredMessage { seq, id, record: bytes::Bytes::copy_from_slice(&value[16..]) });
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, |seq, id, record| {
+            out.push(StoredMessage { seq, id, record: bytes::Bytes::copy_from_slice(record) });
             taken += 1;
             Ok(taken < limit)
         })
@@ -621,10 +702,10 @@ impl Store for RocksStore {
         cap: u64,
     ) -> Result<u64, StorageError> {
         let mut indexes = self.lanes.borrow_mut();
-        let Some(index) = indexes.get_mut(&queue).and_then(|lanes| lanes.get_mut(lane)) else { return Ok(0) };
+        let Some(index) = indexes.get_mut(queue, lane) else { return Ok(0) };
         let mut count = 0;
         let span = lane_reads::Span { after: after_seq, before: before_seq, want: cap.min(4096) as usize };
-        lane_reads::for_each_message(&self.db, queue, lane, index, span, |_, _| {
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, |_, _, _| {
             count += 1;
             Ok(count < cap)
         })?;
@@ -824,6 +905,12 @@ mod tests {
         store.db.iterator_cf(store.cf(family), rocksdb::IteratorMode::Start).count()
     }
 
+    /// Log entries left once compactions have dropped the dead ones.
+    fn compacted_log_entries(store: &RocksStore) -> usize {
+        store.db.compact_range_cf(store.cf(CF_LOG), None::<&[u8]>, None::<&[u8]>);
+        entries(store, CF_LOG)
+    }
+
     fn delete(queue: QueueId, key: &str, seq: u64, id: MessageId) -> Change {
         Change::DeleteMessage { queue, lane: lane(key), seq, id }
     }
@@ -889,9 +976,9 @@ mod tests {
         assert_eq!(read_all(&store, 1, "a"), left.iter().map(|(s, _)| *s).collect::<Vec<_>>());
         commit(&store, left.iter().map(|&(s, id)| delete(1, "a", s, id)).collect());
         assert_eq!(entries(&store, CF_CHUNKS), 0);
-        assert_eq!(entries(&store, CF_LOG), 0);
         let rec = store.recover().unwrap();
         assert!(rec.lanes.is_empty());
+        assert_eq!(compacted_log_entries(&store), 0, "nothing open: every log entry is dead");
     }
 
     #[test]
@@ -939,7 +1026,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_stored_by_lane_by_an_older_version_move_into_the_log() {
+    fn messages_stored_by_lane_by_an_older_version_move_into_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let mut messages: Vec<(QueueId, &str, u64)> = (1..=75).map(|seq| (1, "a", seq * 2)).collect();
         messages.extend([(1, "b", 3), (1, "b", 5), (2, "a", 7)]);
@@ -1004,11 +1091,15 @@ mod tests {
                 from: usize,
                 limit: usize,
             },
-            /// One commit deleting `count` read messages of the lane.
+            /// Compacts the log, which drops the entries below the horizon.
+            Compact,
+            /// One commit deleting `count` read messages of the lane (and, to
+            /// retry them, storing them again under new sequences).
             Delete {
                 lane: usize,
                 pick: usize,
                 count: usize,
+                retry: bool,
             },
             Restart,
         }
@@ -1017,8 +1108,10 @@ mod tests {
             prop_oneof![
                 3 => (0..3usize, 1..80usize, 0..3u64).prop_map(|(lane, count, gap)| Op::Put { lane, count, gap }),
                 3 => (0..3usize, 0..100usize, 1..100usize).prop_map(|(lane, from, limit)| Op::Read { lane, from, limit }),
-                3 => (0..3usize, any::<usize>(), 1..40usize).prop_map(|(lane, pick, count)| Op::Delete { lane, pick, count }),
+                3 => (0..3usize, any::<usize>(), 1..40usize, any::<bool>())
+                    .prop_map(|(lane, pick, count, retry)| Op::Delete { lane, pick, count, retry }),
                 1 => Just(Op::Restart),
+                1 => Just(Op::Compact),
             ]
         }
 
@@ -1037,10 +1130,15 @@ mod tests {
             }
 
             fn restart(&mut self) {
-                let checkpoint_bytes = self.store().journal.borrow().checkpoint_bytes;
+                let settings = {
+                    let journal = self.store().journal.borrow();
+                    (journal.checkpoint_bytes, journal.max_open_age)
+                };
                 self.store = None;
                 self.store = Some(RocksStore::open(self.dir.path(), false).unwrap());
-                self.store().journal.borrow_mut().checkpoint_bytes = checkpoint_bytes;
+                let mut journal = self.store().journal.borrow_mut();
+                (journal.checkpoint_bytes, journal.max_open_age) = settings;
+                drop(journal);
                 let rec = self.store().recover().unwrap();
                 let expected: Vec<(QueueId, String, u64)> = KEYS
                     .iter()
@@ -1073,10 +1171,12 @@ mod tests {
             lane(KEYS[i])
         }
 
-        fn run(ops: Vec<Op>, checkpoint_bytes: usize) {
+        fn run(ops: Vec<Op>, checkpoint_bytes: usize, max_open_age: u64) {
             let dir = tempfile::tempdir().unwrap();
             let store = Some(RocksStore::open(dir.path(), false).unwrap());
-            store.as_ref().unwrap().journal.borrow_mut().checkpoint_bytes = checkpoint_bytes;
+            let mut journal = store.as_ref().unwrap().journal.borrow_mut();
+            (journal.checkpoint_bytes, journal.max_open_age) = (checkpoint_bytes, max_open_age);
+            drop(journal);
             let mut run = Run { dir, store, lanes: Default::default(), read: HashSet::new(), next_seq: 1, last_seq: 0 };
             run.store().recover().unwrap();
             for op in ops {
@@ -1097,17 +1197,37 @@ mod tests {
                         commit(run.store(), changes);
                     }
                     Op::Read { lane, from, limit } => run.read(lane, from, limit),
-                    Op::Delete { lane, pick, count } => {
+                    Op::Delete { lane, pick, count, retry } => {
                         let readable: Vec<u64> =
                             run.lanes[lane].keys().copied().filter(|s| run.read.contains(s)).collect();
                         let mut changes = Vec::new();
                         for i in 0..count.min(readable.len()) {
                             let seq = readable[(pick.wrapping_add(i * 7)) % readable.len()];
-                            if let Some(id) = run.lanes[lane].remove(&seq) {
-                                changes.push(delete(1, KEYS[lane], seq, id));
+                            let Some(id) = run.lanes[lane].remove(&seq) else { continue };
+                            changes.push(delete(1, KEYS[lane], seq, id));
+                            if retry {
+                                let again = run.next_seq;
+                                run.next_seq += 1;
+                                run.last_seq = again;
+                                let record = Bytes::from(format!("{}-{again}", KEYS[lane]));
+                                let lane_of = lane_of(lane);
+                                changes.push(Change::PutMessage {
+                                    queue: 1,
+                                    lane: lane_of,
+                                    seq: again,
+                                    id,
+                                    weight: 0,
+                                    record,
+                                });
+                                run.lanes[lane].insert(again, id);
+                                run.read.insert(again);
                             }
                         }
                         commit(run.store(), changes);
+                    }
+                    Op::Compact => {
+                        let store = run.store();
+                        store.db.compact_range_cf(store.cf(CF_LOG), None::<&[u8]>, None::<&[u8]>);
                     }
                     Op::Restart => run.restart(),
                 }
@@ -1120,8 +1240,8 @@ mod tests {
                 commit(run.store(), all);
             }
             assert_eq!(entries(run.store(), CF_CHUNKS), 0, "every chunk went with its last message");
-            assert_eq!(entries(run.store(), CF_LOG), 0);
             run.restart();
+            assert_eq!(compacted_log_entries(run.store()), 0, "nothing open: every log entry is dead");
         }
 
         proptest! {
@@ -1130,8 +1250,9 @@ mod tests {
             fn the_store_keeps_what_each_lane_holds(
                 ops in proptest::collection::vec(op(), 1..40),
                 checkpoint_bytes in prop_oneof![Just(journal::CHECKPOINT_BYTES), 1..2_000usize],
+                max_open_age in prop_oneof![Just(crate::storage::log_gc::MAX_OPEN_AGE), 1..200u64],
             ) {
-                run(ops, checkpoint_bytes);
+                run(ops, checkpoint_bytes, max_open_age);
             }
         }
     }

@@ -4,8 +4,8 @@
 //! - Before lane tallies existed, recovery counted messages from the
 //!   message index; the tallies are built from it on the first start.
 //! - Before the log existed, messages were kept in a `messages` family
-//!   keyed by lane and sequence. They are moved into the log, each lane's
-//!   sequences sealed into chunks, in batches that each move whole chunks
+//!   keyed by lane and sequence. Each lane's messages are moved into sealed
+//!   chunks (see `lane_index.rs`), in batches that each move whole chunks
 //!   atomically, so a move cut short by a crash resumes where it stopped.
 //!   The old family is dropped at the end.
 
@@ -13,9 +13,9 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::keys;
 use super::lane_index::CHUNK_LEN;
-use super::rocks::{cf, io, CF_CHUNKS, CF_INDEX, CF_LANES, CF_LOG, CF_META};
+use super::rocks::{cf, io, CF_CHUNKS, CF_INDEX, CF_LANES, CF_META};
 use super::tally::Tally;
-use crate::domain::{Lane, QueueId, StorageError};
+use crate::domain::{Lane, MessageId, QueueId, StorageError};
 use crate::fast_map::FastMap;
 
 /// The family of messages keyed by lane, before the log.
@@ -61,27 +61,41 @@ pub fn tally_lanes_if_untallied(db: &DB) -> Result<(), StorageError> {
     db.write_opt(batch, &synced()).map_err(io)
 }
 
-/// A lane's sequences being gathered into one chunk.
+/// A lane's messages being gathered into one chunk.
 struct Gathering {
     queue: QueueId,
     lane: Lane,
-    seqs: Vec<u64>,
+    /// The chunk's value so far.
+    value: Vec<u8>,
+    len: usize,
+    last: u64,
 }
 
 impl Gathering {
+    fn push(&mut self, seq: u64, stored: &[u8]) -> Result<(), StorageError> {
+        let id = stored.get(..16).and_then(MessageId::from_slice);
+        let id = id.ok_or_else(|| StorageError::Corrupt(format!("message {seq} of queue {}", self.queue)))?;
+        keys::push_chunk_message(&mut self.value, self.last, seq, id, &stored[16..]);
+        self.len += 1;
+        self.last = seq;
+        Ok(())
+    }
+
     /// Stores the chunk and raises the lane's floor past it.
     fn seal(self, db: &DB, batch: &mut WriteBatch) {
-        let Some(&last) = self.seqs.last() else { return };
-        let chunk = keys::chunk_value(&self.seqs);
-        batch.put_cf(cf(db, CF_CHUNKS), keys::chunk_key(self.queue, &self.lane, last), chunk);
+        if self.len == 0 {
+            return;
+        }
+        let last = self.last;
+        batch.put_cf(cf(db, CF_CHUNKS), keys::chunk_key(self.queue, &self.lane, last), self.value);
         let floor = Tally { floor: last + 1, ..Tally::default() };
         batch.merge_cf(cf(db, CF_LANES), keys::lane_key(self.queue, &self.lane), floor.encode());
     }
 }
 
-/// Moves every message of the lane-ordered family into the log, then drops
-/// the family.
-pub fn move_lane_ordered_messages_to_the_log(db: &mut DB) -> Result<(), StorageError> {
+/// Moves every message of the lane-ordered family into sealed chunks, then
+/// drops the family.
+pub fn move_lane_ordered_messages_into_chunks(db: &mut DB) -> Result<(), StorageError> {
     let mut moved = 0u64;
     {
         let db = &*db;
@@ -95,7 +109,7 @@ pub fn move_lane_ordered_messages_to_the_log(db: &mut DB) -> Result<(), StorageE
             let corrupt = || StorageError::Corrupt(format!("message {key:?}"));
             let (queue, lane, seq) = keys::parse_chunk_key(key).ok_or_else(corrupt)?;
             let same_chunk =
-                gathering.as_ref().is_some_and(|g| g.queue == queue && g.lane == lane && g.seqs.len() < CHUNK_LEN);
+                gathering.as_ref().is_some_and(|g| g.queue == queue && g.lane == lane && g.len < CHUNK_LEN);
             if !same_chunk {
                 if let Some(done) = gathering.take() {
                     done.seal(db, &mut batch);
@@ -104,11 +118,10 @@ pub fn move_lane_ordered_messages_to_the_log(db: &mut DB) -> Result<(), StorageE
                     db.write_opt(std::mem::take(&mut batch), &synced()).map_err(io)?;
                     in_batch = 0;
                 }
-                gathering = Some(Gathering { queue, lane, seqs: Vec::with_capacity(CHUNK_LEN) });
+                gathering = Some(Gathering { queue, lane, value: Vec::new(), len: 0, last: 0 });
             }
-            batch.put_cf(cf(db, CF_LOG), keys::log_key(queue, seq), value);
+            gathering.as_mut().expect("set above").push(seq, value)?;
             batch.delete_cf(old, key);
-            gathering.as_mut().expect("set above").seqs.push(seq);
             in_batch += 1;
             moved += 1;
             iter.next();
@@ -121,7 +134,7 @@ pub fn move_lane_ordered_messages_to_the_log(db: &mut DB) -> Result<(), StorageE
     }
     db.drop_cf(CF_LANE_ORDERED_MESSAGES).map_err(io)?;
     if moved > 0 {
-        tracing::info!(messages = moved, "moved stored messages into the message log (storage layout of this version)");
+        tracing::info!(messages = moved, "moved stored messages into lane chunks (storage layout of this version)");
     }
     Ok(())
 }
