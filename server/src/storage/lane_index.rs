@@ -7,11 +7,12 @@
 //!   queue and sequence, so a commit's puts land at the log's end however
 //!   many lanes they belong to). Their sequences are held here, with their
 //!   records while memory allows, and in the lane's tally;
-//! - once [`CHUNK_LEN`] are open they are *sealed*: copied, records and all,
-//!   into one `lane_chunks` entry keyed by lane and last sequence. A lane
-//!   with a backlog reads its next messages with one lookup, and a commit
-//!   storing [`CHUNK_LEN`] or more messages of one lane writes them straight
-//!   into a chunk, never into the log.
+//! - once [`CHUNK_LEN`] are open, or records of [`CHUNK_BYTES`], they are
+//!   *sealed*: copied, records and all, into one `lane_chunks` entry keyed
+//!   by lane and last sequence. A lane with a backlog reads its next
+//!   messages with one lookup, and a commit storing that many messages of
+//!   one lane (or one large message) writes them straight into a chunk,
+//!   never into the log.
 //!
 //! Nothing is deleted from the log message by message: an entry below the
 //! lowest open sequence of all lanes is dead (acknowledged, or sealed) and
@@ -35,11 +36,16 @@ use crate::fast_map::FastMap;
 
 /// Messages per sealed chunk: a lane's read-ahead reads about one chunk.
 pub const CHUNK_LEN: usize = 32;
+/// Records per sealed chunk, in bytes: large messages are sealed sooner,
+/// so that they are written once, into their chunk, not also to the log.
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// An open message of a lane.
 #[derive(Debug, Clone)]
 pub struct OpenMessage {
     pub seq: u64,
+    /// Length of its record (0 for one recovered from a tally).
+    pub len: usize,
     /// Its id and record, while they are held in memory.
     pub body: Option<(MessageId, Bytes)>,
     /// Whether its log entry is written: not yet for a message stored in
@@ -82,6 +88,8 @@ pub struct LaneIndex {
     open: VecDeque<OpenMessage>,
     /// Bytes of the records held in `open`.
     body_bytes: usize,
+    /// Bytes of the records of `open`, held or not.
+    open_bytes: usize,
     /// Sealed chunks with live messages whose count is known, ascending.
     chunks: VecDeque<LiveChunk>,
     /// The change to the lane's tally in this commit (kept allocated
@@ -108,8 +116,9 @@ impl LaneIndex {
             weight_seq: tally.weight_seq,
             weight: tally.weight,
             floor: tally.floor,
-            open: tally.open.iter().map(|&seq| OpenMessage { seq, body: None, logged: true }).collect(),
+            open: tally.open.iter().map(|&seq| OpenMessage { seq, len: 0, body: None, logged: true }).collect(),
             body_bytes: 0,
+            open_bytes: 0,
             chunks: VecDeque::new(),
             delta: Tally::default(),
             touched: false,
@@ -165,8 +174,9 @@ impl LaneIndex {
         if weight > 0 && seq > self.weight_seq {
             (self.weight_seq, self.weight) = (seq, weight);
         }
-        let message = OpenMessage { seq, body: Some((id, record)), logged: false };
+        let message = OpenMessage { seq, len: record.len(), body: Some((id, record)), logged: false };
         self.body_bytes += message.body_size();
+        self.open_bytes += message.len;
         insert_sorted(&mut self.open, message);
         let delta = self.delta();
         delta.count += 1;
@@ -197,6 +207,7 @@ impl LaneIndex {
         if let Some(i) = found {
             let gone = self.open.remove(i).expect("found above");
             self.body_bytes -= gone.body_size();
+            self.open_bytes -= gone.len;
             let delta = &mut self.delta;
             match delta.open.binary_search(&seq) {
                 // Opened in this commit: the tally never hears of it.
@@ -224,9 +235,10 @@ impl LaneIndex {
     }
 
     /// Seals the open messages into a chunk once there are [`CHUNK_LEN`]
-    /// of them; returns them, to be stored as one chunk in this commit.
+    /// of them or [`CHUNK_BYTES`] of records; returns them, to be stored as
+    /// one chunk in this commit.
     pub fn seal_if_full(&mut self) -> Option<Vec<OpenMessage>> {
-        if self.open.len() < CHUNK_LEN {
+        if self.open.len() < CHUNK_LEN && self.open_bytes < CHUNK_BYTES {
             return None;
         }
         self.seal()
@@ -237,6 +249,7 @@ impl LaneIndex {
         let (first, last) = (self.open.front()?.seq, self.open.back()?.seq);
         let sealed: Vec<OpenMessage> = self.open.drain(..).collect();
         self.body_bytes = 0;
+        self.open_bytes = 0;
         self.chunks.push_back(LiveChunk { first, last, live: sealed.len() as u32, gone: Vec::new() });
         self.floor = self.floor.max(last + 1);
         let floor = self.floor;
@@ -561,6 +574,17 @@ mod tests {
         assert!(!index.is_counted(last));
         take_delta(&mut index);
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_large_message_is_sealed_at_once() {
+        let mut index = lane();
+        add(&mut index, 1, 0);
+        assert!(index.seal_if_full().is_none());
+        index.add(2, 0, MessageId(2), Bytes::from(vec![0u8; CHUNK_BYTES]));
+        let sealed = index.seal_if_full().expect("a chunk's worth of bytes");
+        assert_eq!(sealed.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(index.seal_if_full().is_none(), "nothing left open");
     }
 
     #[test]

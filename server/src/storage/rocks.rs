@@ -149,8 +149,10 @@ impl RocksStore {
         log.set_memtable_whole_key_filtering(true);
         log.set_compression_type(DBCompressionType::Lz4);
         log.set_write_buffer_size(32 * 1024 * 1024);
+        // Sealed chunks hold records too, as large values.
         let mut chunks = family();
-        chunks.set_write_buffer_size(8 * 1024 * 1024);
+        chunks.set_compression_type(DBCompressionType::Lz4);
+        chunks.set_write_buffer_size(32 * 1024 * 1024);
         // Tallies are written by checkpoints (see `journal.rs`); versions
         // before the journal merged a delta per lane per commit, and those
         // merges may still be stored.
