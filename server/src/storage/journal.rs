@@ -111,6 +111,10 @@ pub struct Journal {
     /// A checkpoint seals a lane whose oldest open message is this many
     /// sequences old (see `log_gc.rs`).
     pub max_open_age: u64,
+    /// Bytes put to the log since its horizon last rose.
+    pub logged: usize,
+    /// Between checkpoints, the horizon rises past this many bytes of log.
+    pub horizon_every_bytes: usize,
 }
 
 impl Default for Journal {
@@ -121,6 +125,8 @@ impl Default for Journal {
             dirty: Vec::new(),
             checkpoint_bytes: CHECKPOINT_BYTES,
             max_open_age: super::log_gc::MAX_OPEN_AGE,
+            logged: 0,
+            horizon_every_bytes: super::log_gc::HORIZON_EVERY_BYTES,
         }
     }
 }

@@ -445,6 +445,16 @@ impl LaneIndexes {
         self.slots.iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.as_mut()?)))
     }
 
+    /// The oldest open message of every lane.
+    pub fn oldest_open(&self) -> Option<u64> {
+        self.slots.iter().flatten().filter_map(|slot| slot.index.oldest_open()).min()
+    }
+
+    /// Queues that have or had lanes since they were last forgotten.
+    pub fn queues(&self) -> impl Iterator<Item = QueueId> + '_ {
+        self.ids.keys().copied()
+    }
+
     /// Forgets a lane; its handle may be given to another lane.
     pub fn forget(&mut self, id: SlotId) {
         if let Some(slot) = self.slots[id].take() {

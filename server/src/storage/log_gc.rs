@@ -7,8 +7,11 @@
 //! lane's chunk (see `lane_index.rs`), and compactions of `message_log`
 //! drop it.
 //!
-//! The horizon only rises: the store raises it at every checkpoint and at
-//! recovery; until then it is 0 and compactions keep everything. A lane
+//! The horizon only rises: the store raises it at every checkpoint, every
+//! [`HORIZON_EVERY_BYTES`] of log between them, and at recovery; until then
+//! it is 0 and compactions keep everything. When it rises during a run the
+//! store also range-deletes the entries below it, so that a flush of the
+//! log's memtable leaves them out instead of writing them to a table. A lane
 //! whose oldest open message is more than [`MAX_OPEN_AGE`] sequences old is
 //! sealed at a checkpoint, so a lane that is seldom written cannot hold the
 //! horizon back, and the log holds at most that many dead entries beyond
@@ -24,6 +27,11 @@ use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilt
 /// How far behind the newest sequence a lane's oldest open message may be
 /// before a checkpoint seals it.
 pub const MAX_OPEN_AGE: u64 = 4_000_000;
+
+/// Bytes put to the log between two raises of the horizon outside
+/// checkpoints: an eighth of the log's memtable, so that a flush finds most
+/// dead entries already deleted. Each raise looks at every lane once.
+pub const HORIZON_EVERY_BYTES: usize = 4 * 1024 * 1024;
 
 const NAME: &CStr = c"fila.message_log_gc";
 

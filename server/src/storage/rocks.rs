@@ -293,6 +293,7 @@ impl RocksStore {
         *journal = Journal {
             checkpoint_bytes: journal.checkpoint_bytes,
             max_open_age: journal.max_open_age,
+            horizon_every_bytes: journal.horizon_every_bytes,
             ..Journal::default()
         };
         Ok((lanes, max_seq))
@@ -370,6 +371,7 @@ impl RocksStore {
                 None => batch.delete_cf(self.cf(CF_LANES), &key),
             }
         }
+        self.drop_log_below(&mut batch, indexes, journal, horizon);
         batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
         batch.put_cf(self.cf(CF_META), SEQ_HIGH, seq_high.to_be_bytes());
         self.db.write(batch).map_err(io)?;
@@ -377,6 +379,22 @@ impl RocksStore {
         journal.bytes = 0;
         self.horizon.raise(horizon);
         Ok(())
+    }
+
+    /// Deletes the log's entries below a new horizon, in the batch that
+    /// makes them dead or a later one. Compactions would drop them anyway
+    /// (see `log_gc.rs`), but a range delete also lets the next flush leave
+    /// out those still in the memtable instead of writing them out only for
+    /// a compaction to drop them. Every message put later has a higher
+    /// sequence. The caller raises the horizon once the batch is written.
+    fn drop_log_below(&self, batch: &mut WriteBatch, indexes: &LaneIndexes, journal: &mut Journal, horizon: u64) {
+        let below = self.horizon.get();
+        if horizon > below {
+            for queue in indexes.queues() {
+                batch.delete_range_cf(self.cf(CF_LOG), keys::log_key(queue, below), keys::log_key(queue, horizon));
+            }
+        }
+        journal.logged = 0;
     }
 
     /// Delayed messages per queue.
@@ -491,6 +509,7 @@ impl Store for RocksStore {
         // A deleted queue's tallies go with a range delete; a checkpoint
         // right after makes sure no journal entry brings them back.
         let mut queue_deleted = false;
+        let mut logged = 0;
         for change in &changes.changes {
             match change {
                 Change::PutQueue(def) => {
@@ -587,6 +606,7 @@ impl Store for RocksStore {
                     self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                 }
                 index.log_new(|seq, id, record| {
+                    logged += 32 + record.len();
                     let mut value = Vec::with_capacity(16 + record.len());
                     value.extend_from_slice(&id.to_bytes());
                     value.extend_from_slice(record);
@@ -610,9 +630,20 @@ impl Store for RocksStore {
             journal.next += 1;
         }
         log.add_to(&mut batch, self.cf(CF_LOG));
+        // Between checkpoints the horizon rises every few MiB of log, so
+        // most dead entries never leave the memtable.
+        journal.logged += logged;
+        let horizon = (journal.logged >= journal.horizon_every_bytes).then(|| {
+            let horizon = indexes.oldest_open().unwrap_or(self.seq_high.get() + 1);
+            self.drop_log_below(&mut batch, &indexes, &mut journal, horizon);
+            horizon
+        });
         let mut opts = WriteOptions::default();
         opts.set_sync(self.sync_writes && changes.needs_sync);
         self.db.write_opt(batch, &opts).map_err(io)?;
+        if let Some(horizon) = horizon {
+            self.horizon.raise(horizon);
+        }
         if journal.due() || queue_deleted {
             self.checkpoint(&mut indexes, &mut journal)?;
         }
@@ -1134,12 +1165,12 @@ mod tests {
             fn restart(&mut self) {
                 let settings = {
                     let journal = self.store().journal.borrow();
-                    (journal.checkpoint_bytes, journal.max_open_age)
+                    (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes)
                 };
                 self.store = None;
                 self.store = Some(RocksStore::open(self.dir.path(), false).unwrap());
                 let mut journal = self.store().journal.borrow_mut();
-                (journal.checkpoint_bytes, journal.max_open_age) = settings;
+                (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes) = settings;
                 drop(journal);
                 let rec = self.store().recover().unwrap();
                 let expected: Vec<(QueueId, String, u64)> = KEYS
@@ -1173,11 +1204,12 @@ mod tests {
             lane(KEYS[i])
         }
 
-        fn run(ops: Vec<Op>, checkpoint_bytes: usize, max_open_age: u64) {
+        fn run(ops: Vec<Op>, checkpoint_bytes: usize, max_open_age: u64, horizon_every_bytes: usize) {
             let dir = tempfile::tempdir().unwrap();
             let store = Some(RocksStore::open(dir.path(), false).unwrap());
             let mut journal = store.as_ref().unwrap().journal.borrow_mut();
-            (journal.checkpoint_bytes, journal.max_open_age) = (checkpoint_bytes, max_open_age);
+            (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes) =
+                (checkpoint_bytes, max_open_age, horizon_every_bytes);
             drop(journal);
             let mut run = Run { dir, store, lanes: Default::default(), read: HashSet::new(), next_seq: 1, last_seq: 0 };
             run.store().recover().unwrap();
@@ -1253,8 +1285,9 @@ mod tests {
                 ops in proptest::collection::vec(op(), 1..40),
                 checkpoint_bytes in prop_oneof![Just(journal::CHECKPOINT_BYTES), 1..2_000usize],
                 max_open_age in prop_oneof![Just(crate::storage::log_gc::MAX_OPEN_AGE), 1..200u64],
+                horizon_every_bytes in prop_oneof![Just(crate::storage::log_gc::HORIZON_EVERY_BYTES), 1..2_000usize],
             ) {
-                run(ops, checkpoint_bytes, max_open_age);
+                run(ops, checkpoint_bytes, max_open_age, horizon_every_bytes);
             }
         }
     }
