@@ -135,6 +135,14 @@ impl Journal {
     pub fn due(&self) -> bool {
         self.bytes >= self.checkpoint_bytes
     }
+
+    /// Starts over after a checkpoint: no entries, no lane changed since.
+    pub fn checkpointed(&mut self) {
+        self.next = 0;
+        self.bytes = 0;
+        self.dirty.clear();
+        self.logged = 0;
+    }
 }
 
 #[cfg(test)]

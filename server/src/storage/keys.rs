@@ -5,16 +5,16 @@
 //!   message of a queue in the order it was stored, so a commit's writes
 //!   land at the end of the log and acknowledgements near its start,
 //!   whatever lanes the messages belong to.
-//! - `lane_chunks`: `queue(8) | lane | last_seq(8)` → the sequences of a
-//!   sealed chunk of the lane's index, where
+//! - `lane_chunks`: `queue(8) | lane | last_seq(8)` → the messages (ids
+//!   and records) of a sealed chunk of the lane's index, where
 //!   `lane = key_len(2) | fairness_key | count(1) | (len(2) | throttle_key)*`:
 //!   a lane's chunks are one contiguous range in sequence order, so "the
 //!   next messages of lane L" is one seek (see `lane_index.rs`).
 //! - `message_index`: `queue(8) | message_id(16)` → `lane | seq(8) | weight(4)`:
 //!   finds a message by id (stale-lease checks, peek/explain).
 //! - `lane_tallies`: `queue(8) | lane` → message count, highest sequence,
-//!   newest weight and open sequences of the lane, kept by a merge
-//!   operator: what recovery reads, one entry per lane.
+//!   newest weight and open sequences of the lane, written by checkpoints
+//!   (see `journal.rs`): what recovery reads, one entry per lane.
 //! - `weights`: `queue(8) | key_len(2) | fairness_key` → `weight(4)`:
 //!   operator overrides of fairness weights.
 //! - `queues`: queue name → queue definition; `throttles`: throttle key →
@@ -42,6 +42,20 @@ pub fn log_key(queue: QueueId, seq: u64) -> [u8; 16] {
     out[..8].copy_from_slice(&queue_prefix(queue));
     out[8..].copy_from_slice(&seq.to_be_bytes());
     out
+}
+
+/// `id(16) | record`: a message's log entry (and, before the log, its
+/// entry in the lane-ordered `messages` family).
+pub fn log_value(id: MessageId, record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + record.len());
+    out.extend_from_slice(&id.to_bytes());
+    out.extend_from_slice(record);
+    out
+}
+
+/// Parses a log entry into the message's id and record.
+pub fn parse_log_value(value: &[u8]) -> Option<(MessageId, &[u8])> {
+    Some((MessageId::from_slice(value.get(..16)?)?, &value[16..]))
 }
 
 /// A message as a sealed chunk holds it.
@@ -324,6 +338,14 @@ mod tests {
         assert_eq!(keys, [log_key(1, 0), log_key(1, 255), log_key(1, 256), log_key(2, 1)]);
         let (start, end) = queue_range(1);
         assert!(log_key(1, u64::MAX)[..] < end[..] && log_key(1, 0)[..] >= start[..]);
+    }
+
+    #[test]
+    fn log_values_round_trip() {
+        let id = MessageId::generate();
+        assert_eq!(parse_log_value(&log_value(id, b"record")), Some((id, &b"record"[..])));
+        assert_eq!(parse_log_value(&log_value(id, b"")), Some((id, &b""[..])));
+        assert_eq!(parse_log_value(&[0; 15]), None, "a cut id");
     }
 
     #[test]

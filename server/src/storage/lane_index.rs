@@ -75,7 +75,7 @@ struct LiveChunk {
 pub struct LaneIndex {
     /// The lane's key in `lane_tallies`.
     key: Arc<[u8]>,
-    /// Messages of the lane in the log.
+    /// Live messages of the lane, open or sealed.
     count: i64,
     /// Highest sequence stored in the lane.
     max_seq: u64,
@@ -194,7 +194,7 @@ impl LaneIndex {
         }
     }
 
-    /// Records that the message at `seq` left the log. Returns the last
+    /// Records that the message at `seq` left the lane. Returns the last
     /// sequence of a sealed chunk that no longer holds a live message, to be
     /// deleted in the same commit.
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
@@ -360,10 +360,10 @@ impl LaneIndex {
 
     /// Records the live count of a sealed chunk read for the first time.
     pub fn count_chunk(&mut self, first: u64, last: u64, live: u32) {
-        if live == 0 || self.is_counted(last) {
+        let i = self.chunks.partition_point(|c| c.last < last);
+        if live == 0 || self.chunks.get(i).is_some_and(|c| c.last == last) {
             return;
         }
-        let i = self.chunks.partition_point(|c| c.last < last);
         self.chunks.insert(i, LiveChunk { first, last, live, gone: Vec::new() });
     }
 }

@@ -2,10 +2,12 @@
 //! `lane_chunks`, a chunk per lookup), then its open ones (held in memory,
 //! or fetched from the log).
 
+use std::borrow::Borrow;
+
 use rocksdb::{ReadOptions, DB};
 
 use super::keys::{self, ChunkMessage};
-use super::lane_index::LaneIndex;
+use super::lane_index::{LaneIndex, OpenMessage};
 use super::rocks::{cf, io, CF_CHUNKS, CF_INDEX, CF_LOG};
 use crate::domain::{Lane, MessageId, QueueId, StorageError};
 
@@ -62,30 +64,45 @@ pub fn for_each_message(
     }
     let open: Vec<_> = index.open_after(span.after).take_while(|m| m.seq < span.before).collect();
     for part in open.chunks(span.want.max(1)) {
-        let unheld: Vec<u64> = part.iter().filter(|m| m.body.is_none()).map(|m| m.seq).collect();
-        let mut fetched = Vec::with_capacity(unheld.len());
-        fetch_each(db, queue, &unheld, |seq, value| {
-            let value = value.ok_or_else(|| StorageError::Corrupt(format!("open message {seq} is not in the log")))?;
-            fetched.push(bytes::Bytes::copy_from_slice(value));
-            Ok(true)
-        })?;
-        let mut fetched = fetched.into_iter();
-        for message in part {
-            let going = match &message.body {
-                Some((id, record)) => found(message.seq, *id, record)?,
-                None => {
-                    let value = fetched.next().expect("fetched above");
-                    let corrupt = || StorageError::Corrupt(format!("log entry {} of queue {queue}", message.seq));
-                    let id = value.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?;
-                    found(message.seq, id, &value[16..])?
-                }
-            };
-            if !going {
-                return Ok(());
-            }
+        if !open_records(db, queue, part, &mut found)? {
+            break;
         }
     }
     Ok(())
+}
+
+/// Calls `each` with every one of a lane's open messages (ascending): its
+/// sequence, id and record, held in memory or read from the log, until it
+/// returns false. Returns whether it went through all of them.
+pub fn open_records<M: Borrow<OpenMessage>>(
+    db: &DB,
+    queue: QueueId,
+    messages: &[M],
+    mut each: impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    let unheld: Vec<u64> = messages.iter().map(Borrow::borrow).filter(|m| m.body.is_none()).map(|m| m.seq).collect();
+    let mut fetched = Vec::with_capacity(unheld.len());
+    fetch_each(db, queue, &unheld, |seq, value| {
+        let value = value.ok_or_else(|| StorageError::Corrupt(format!("open message {seq} is not in the log")))?;
+        fetched.push(value.to_vec());
+        Ok(true)
+    })?;
+    let mut fetched = fetched.iter();
+    for message in messages.iter().map(Borrow::borrow) {
+        let going = match &message.body {
+            Some((id, record)) => each(message.seq, *id, record)?,
+            None => {
+                let value = fetched.next().expect("fetched above");
+                let corrupt = || StorageError::Corrupt(format!("log entry {} of queue {queue}", message.seq));
+                let (id, record) = keys::parse_log_value(value).ok_or_else(corrupt)?;
+                each(message.seq, id, record)?
+            }
+        };
+        if !going {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Learns the live count of a chunk found in storage after a restart: a

@@ -286,16 +286,9 @@ impl RocksStore {
             self.db.write(batch).map_err(io)?;
         }
         // Log entries older than every open message are dead.
-        let oldest_open = indexes.slots_mut().filter_map(|(_, slot)| slot.index.oldest_open()).min();
-        self.horizon.raise(oldest_open.unwrap_or(max_seq + 1));
+        self.horizon.raise(indexes.oldest_open().unwrap_or(max_seq + 1));
         *self.lanes.borrow_mut() = indexes;
-        let mut journal = self.journal.borrow_mut();
-        *journal = Journal {
-            checkpoint_bytes: journal.checkpoint_bytes,
-            max_open_age: journal.max_open_age,
-            horizon_every_bytes: journal.horizon_every_bytes,
-            ..Journal::default()
-        };
+        self.journal.borrow_mut().checkpointed();
         Ok((lanes, max_seq))
     }
 
@@ -308,28 +301,13 @@ impl RocksStore {
         lane: &Lane,
         sealed: &[OpenMessage],
     ) -> Result<(), StorageError> {
-        let unheld: Vec<u64> = sealed.iter().filter(|m| m.body.is_none()).map(|m| m.seq).collect();
-        let mut fetched = Vec::with_capacity(unheld.len());
-        lane_reads::fetch_each(&self.db, queue, &unheld, |seq, value| {
-            let value = value.ok_or_else(|| StorageError::Corrupt(format!("open message {seq} is not in the log")))?;
-            fetched.push(bytes::Bytes::copy_from_slice(value));
-            Ok(true)
-        })?;
-        let mut fetched = fetched.into_iter();
         let mut value = Vec::with_capacity(sealed.iter().map(|m| m.body.as_ref().map_or(64, |b| b.1.len() + 24)).sum());
         let mut previous = 0;
-        for message in sealed {
-            let (id, record) = match &message.body {
-                Some((id, record)) => (*id, record.clone()),
-                None => {
-                    let stored = fetched.next().expect("fetched above");
-                    let corrupt = || StorageError::Corrupt(format!("log entry {} of queue {queue}", message.seq));
-                    (stored.get(..16).and_then(MessageId::from_slice).ok_or_else(corrupt)?, stored.slice(16..))
-                }
-            };
-            keys::push_chunk_message(&mut value, previous, message.seq, id, &record);
-            previous = message.seq;
-        }
+        lane_reads::open_records(&self.db, queue, sealed, |seq, id, record| {
+            keys::push_chunk_message(&mut value, previous, seq, id, record);
+            previous = seq;
+            Ok(true)
+        })?;
         let last = sealed.last().map_or(0, |m| m.seq);
         batch.put_cf(self.cf(CF_CHUNKS), keys::chunk_key(queue, lane, last), value);
         Ok(())
@@ -371,12 +349,11 @@ impl RocksStore {
                 None => batch.delete_cf(self.cf(CF_LANES), &key),
             }
         }
-        self.drop_log_below(&mut batch, indexes, journal, horizon);
+        self.drop_log_below(&mut batch, indexes, horizon);
         batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
         batch.put_cf(self.cf(CF_META), SEQ_HIGH, seq_high.to_be_bytes());
         self.db.write(batch).map_err(io)?;
-        journal.next = 0;
-        journal.bytes = 0;
+        journal.checkpointed();
         self.horizon.raise(horizon);
         Ok(())
     }
@@ -387,14 +364,13 @@ impl RocksStore {
     /// out those still in the memtable instead of writing them out only for
     /// a compaction to drop them. Every message put later has a higher
     /// sequence. The caller raises the horizon once the batch is written.
-    fn drop_log_below(&self, batch: &mut WriteBatch, indexes: &LaneIndexes, journal: &mut Journal, horizon: u64) {
+    fn drop_log_below(&self, batch: &mut WriteBatch, indexes: &LaneIndexes, horizon: u64) {
         let below = self.horizon.get();
         if horizon > below {
             for queue in indexes.queues() {
                 batch.delete_range_cf(self.cf(CF_LOG), keys::log_key(queue, below), keys::log_key(queue, horizon));
             }
         }
-        journal.logged = 0;
     }
 
     /// Delayed messages per queue.
@@ -463,9 +439,8 @@ impl RocksStore {
 }
 
 /// The slot of `lane`, noted in `touched` the first time a commit changes
-/// it.
-/// (Its records held in memory are left out of the total until the commit
-/// ends.)
+/// it; its records held in memory are left out of the total until the
+/// commit ends.
 fn touch(indexes: &mut LaneIndexes, touched: &mut Vec<SlotId>, queue: QueueId, lane: &Lane) -> SlotId {
     let id = indexes.slot_of(queue, lane);
     let index = &indexes.slot_mut(id).index;
@@ -606,10 +581,8 @@ impl Store for RocksStore {
                     self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                 }
                 index.log_new(|seq, id, record| {
-                    logged += 32 + record.len();
-                    let mut value = Vec::with_capacity(16 + record.len());
-                    value.extend_from_slice(&id.to_bytes());
-                    value.extend_from_slice(record);
+                    let value = keys::log_value(id, record);
+                    logged += 16 + value.len();
                     log.put(keys::log_key(*queue, seq), value);
                 });
                 if held_elsewhere + index.body_bytes() > OPEN_RECORDS_BYTES {
@@ -634,8 +607,9 @@ impl Store for RocksStore {
         // most dead entries never leave the memtable.
         journal.logged += logged;
         let horizon = (journal.logged >= journal.horizon_every_bytes).then(|| {
+            journal.logged = 0;
             let horizon = indexes.oldest_open().unwrap_or(self.seq_high.get() + 1);
-            self.drop_log_below(&mut batch, &indexes, &mut journal, horizon);
+            self.drop_log_below(&mut batch, &indexes, horizon);
             horizon
         });
         let mut opts = WriteOptions::default();

@@ -1,13 +1,15 @@
 //! Per-lane tallies: what recovery reads about each lane, one entry per lane
-//! whatever the depth. A tally holds how many messages the lane has in the
-//! log, its highest sequence, the newest weight sent with one of its
+//! whatever the depth. A tally holds how many messages the lane holds, its
+//! highest sequence, the newest weight sent with one of its
 //! messages, and the lane's *open* sequences: those not yet written into a
 //! sealed chunk of the lane index (see `lane_index.rs`).
 //!
-//! Tallies are kept with a RocksDB merge operator: a commit writes one
-//! small delta per lane it touched (messages added and removed, sequences
-//! opened and closed), never reading the old value. Deltas compose, so
-//! RocksDB may fold them together before it reaches the stored value.
+//! A commit's deltas (messages added and removed, sequences opened and
+//! closed) go into the journal and a checkpoint writes whole tallies (see
+//! `journal.rs`). Deltas compose, and `lane_tallies` keeps a merge operator
+//! for the deltas that versions before the journal merged per commit and
+//! for the raised floors that the upgrade from the lane-ordered layout
+//! merges (see `upgrade.rs`).
 
 use rocksdb::MergeOperands;
 

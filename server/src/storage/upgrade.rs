@@ -15,7 +15,7 @@ use super::keys;
 use super::lane_index::CHUNK_LEN;
 use super::rocks::{cf, io, CF_CHUNKS, CF_INDEX, CF_LANES, CF_META};
 use super::tally::Tally;
-use crate::domain::{Lane, MessageId, QueueId, StorageError};
+use crate::domain::{Lane, QueueId, StorageError};
 use crate::fast_map::FastMap;
 
 /// The family of messages keyed by lane, before the log.
@@ -73,9 +73,9 @@ struct Gathering {
 
 impl Gathering {
     fn push(&mut self, seq: u64, stored: &[u8]) -> Result<(), StorageError> {
-        let id = stored.get(..16).and_then(MessageId::from_slice);
-        let id = id.ok_or_else(|| StorageError::Corrupt(format!("message {seq} of queue {}", self.queue)))?;
-        keys::push_chunk_message(&mut self.value, self.last, seq, id, &stored[16..]);
+        let corrupt = || StorageError::Corrupt(format!("message {seq} of queue {}", self.queue));
+        let (id, record) = keys::parse_log_value(stored).ok_or_else(corrupt)?;
+        keys::push_chunk_message(&mut self.value, self.last, seq, id, record);
         self.len += 1;
         self.last = seq;
         Ok(())

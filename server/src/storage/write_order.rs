@@ -1,8 +1,7 @@
 //! Writes of one column family gathered and added to a commit's batch in
 //! key order. RocksDB's memtable skip list starts each insert from where
-//! the previous one went, so a commit's log writes, which are a run of
-//! deletes near the log's start and a run of puts at its end, cost two
-//! searches instead of one per write when they are not interleaved.
+//! the previous one went, so a commit's log puts, gathered lane by lane,
+//! go in as one run at the log's end instead of hopping between lanes.
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
