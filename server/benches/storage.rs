@@ -75,7 +75,7 @@ impl Lifecycle {
             let (lane, seq, id) = self.queued.pop_front().expect("backlog");
             changes.push(Change::DeleteMessage { queue: QUEUE, lane: self.lanes[lane].clone(), seq, id });
         }
-        self.store.commit(black_box(&changes)).expect("commit");
+        self.store.commit(black_box(changes)).expect("commit");
     }
 }
 

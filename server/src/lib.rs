@@ -15,3 +15,8 @@ pub mod scripting;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+
+/// mimalloc instead of glibc's malloc, for the broker and everything built
+/// on this crate (its tests and benches measure what the binary runs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -175,7 +175,7 @@ pub trait Store: Send + 'static {
     /// Reads what is needed to rebuild in-memory state (not the messages).
     fn recover(&self) -> Result<Recovered, StorageError>;
     /// Applies all changes atomically; returns once they are in the WAL.
-    fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError>;
+    fn commit(&self, changes: ChangeSet) -> Result<(), StorageError>;
     /// Appends to `out` up to `limit` messages of one lane with a sequence
     /// above `after_seq`, in order.
     fn read_ready(

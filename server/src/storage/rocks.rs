@@ -473,7 +473,8 @@ impl Store for RocksStore {
         })
     }
 
-    fn commit(&self, changes: &ChangeSet) -> Result<(), StorageError> {
+    fn commit(&self, changes: ChangeSet) -> Result<(), StorageError> {
+        let ChangeSet { changes, needs_sync } = changes;
         let mut batch = WriteBatch::default();
         let mut log: KeyOrdered<[u8; 16]> = KeyOrdered::default();
         let mut index_writes: KeyOrdered<[u8; 24]> = KeyOrdered::default();
@@ -485,8 +486,10 @@ impl Store for RocksStore {
         // right after makes sure no journal entry brings them back.
         let mut queue_deleted = false;
         let mut logged = 0;
-        for change in &changes.changes {
-            match change {
+        // Each change is dropped as soon as it is applied, while what it
+        // points to (its lane's key, its record) is still in cache.
+        for change in changes {
+            match &change {
                 Change::PutQueue(def) => {
                     let rec = QueueRecord {
                         id: def.id,
@@ -613,7 +616,7 @@ impl Store for RocksStore {
             horizon
         });
         let mut opts = WriteOptions::default();
-        opts.set_sync(self.sync_writes && changes.needs_sync);
+        opts.set_sync(self.sync_writes && needs_sync);
         self.db.write_opt(batch, &opts).map_err(io)?;
         if let Some(horizon) = horizon {
             self.horizon.raise(horizon);
@@ -764,7 +767,7 @@ mod tests {
     }
 
     fn commit(store: &RocksStore, changes: Vec<Change>) {
-        store.commit(&ChangeSet { changes, needs_sync: true }).unwrap();
+        store.commit(ChangeSet { changes, needs_sync: true }).unwrap();
     }
 
     #[test]

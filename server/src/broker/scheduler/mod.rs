@@ -456,11 +456,12 @@ impl<S: Store> Scheduler<S> {
         }
         if !round.changes.is_empty() {
             let started = Instant::now();
-            if let Err(error) = self.store.commit(&round.changes) {
+            let count = round.changes.len();
+            if let Err(error) = self.store.commit(std::mem::take(&mut round.changes)) {
                 round.finish(Some(&BrokerError::Storage(error.clone())));
                 return Err(error);
             }
-            self.observer.storage_commit(started.elapsed(), round.changes.len());
+            self.observer.storage_commit(started.elapsed(), count);
         }
         for queue in std::mem::take(&mut round.reclaim) {
             self.store.reclaim_queue_space(queue);
