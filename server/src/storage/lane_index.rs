@@ -200,14 +200,7 @@ impl LaneIndex {
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
         self.count -= 1;
         self.delta().count -= 1;
-        // Open messages are all at or above the floor: a delivered backlog
-        // is acknowledged from its chunks without searching them.
-        let found = match self.open.front() {
-            _ if seq < self.floor => None,
-            Some(front) if front.seq == seq => Some(0),
-            _ => self.open.binary_search_by_key(&seq, |m| m.seq).ok(),
-        };
-        if let Some(i) = found {
+        if let Some(i) = self.open_position(seq) {
             let gone = self.open.remove(i).expect("found above");
             self.body_bytes -= gone.body_size();
             self.open_bytes -= gone.len;
@@ -235,6 +228,20 @@ impl LaneIndex {
         let last = chunk.last;
         self.chunks.remove(i);
         Some(last)
+    }
+
+    /// Where `seq` is among the open messages, if it is one. Open messages
+    /// are all at or above the floor, so a delivered backlog is
+    /// acknowledged from its chunks without searching them; acks come
+    /// mostly in order, so the front is tried first.
+    fn open_position(&self, seq: u64) -> Option<usize> {
+        if seq < self.floor {
+            return None;
+        }
+        match self.open.front() {
+            Some(front) if front.seq == seq => Some(0),
+            _ => self.open.binary_search_by_key(&seq, |m| m.seq).ok(),
+        }
     }
 
     /// Seals the open messages into a chunk once there are [`CHUNK_LEN`]
