@@ -19,19 +19,37 @@
 //!     FILA_WORK_KEYS=1000 FILA_WORK_ROUNDS=0 valgrind --tool=callgrind <bench binary>
 //!
 //! Set FILA_WORK_KEYS (comma-separated), FILA_WORK_BACKLOG and
-//! FILA_WORK_ROUNDS to change the shape.
+//! FILA_WORK_ROUNDS to change the shape. With FILA_WORK_SCRIPT=lua, the
+//! queue runs the realistic `on_enqueue` hook of `on_enqueue_realistic.lua`
+//! (the benchmark suite's Lua workload) on messages with its 110-byte JSON
+//! payload and four headers, the hook choosing the fairness key from a
+//! header the keys are spread over; the figures then include the hook.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fila_server::broker::observer::NoObserver;
 use fila_server::broker::{Broker, BrokerOptions, ConsumerEvent, Subscription};
 use fila_server::domain::message::NewMessage;
+use fila_server::domain::ScriptSources;
 use fila_server::storage::RocksStore;
 
 const QUEUE: &str = "work";
 const BATCH: usize = 500;
 const WINDOW: u32 = 1_000;
+
+const ON_ENQUEUE: &str = include_str!("on_enqueue_realistic.lua");
+const JSON_PAYLOAD: &[u8] =
+    br#"{"order_id":"ord_8c1f2a","provider":"stripe","amount":4200,"currency":"EUR","items":[{"sku":"A1","qty":2}]}"#;
+
+/// What the messages look like: plain (the fairness key set by the
+/// producer), or for the realistic hook (which reads the key from a header).
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Plain,
+    Scripted,
+}
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -64,16 +82,29 @@ impl Keys {
         Keys { count, stride, next: 0 }
     }
 
-    fn batch(&mut self, size: usize, payload: &Bytes) -> Vec<NewMessage> {
+    fn batch(&mut self, size: usize, shape: Shape) -> Vec<NewMessage> {
         (0..size)
             .map(|_| {
-                let key = self.next * self.stride % self.count;
+                let key = format!("key-{}", self.next * self.stride % self.count);
                 self.next += 1;
-                NewMessage {
-                    queue: QUEUE.into(),
-                    payload: payload.clone(),
-                    fairness_key: format!("key-{key}"),
-                    ..NewMessage::default()
+                match shape {
+                    Shape::Plain => NewMessage {
+                        queue: QUEUE.into(),
+                        payload: Bytes::from_static(&[b'x'; 64]),
+                        fairness_key: key,
+                        ..NewMessage::default()
+                    },
+                    Shape::Scripted => NewMessage {
+                        queue: QUEUE.into(),
+                        payload: Bytes::from_static(JSON_PAYLOAD),
+                        headers: HashMap::from([
+                            ("x-tenant".to_owned(), key),
+                            ("x-priority".to_owned(), "high".to_owned()),
+                            ("content-type".to_owned(), "application/json".to_owned()),
+                            ("trace".to_owned(), "4bf92f35".to_owned()),
+                        ]),
+                        ..NewMessage::default()
+                    },
                 }
             })
             .collect()
@@ -110,22 +141,25 @@ async fn deliveries(stream: &mut Subscription, want: usize, tokens: &mut Vec<Str
     }
 }
 
-async fn run(keys: usize, backlog: usize, rounds: usize) {
+async fn run(keys: usize, backlog: usize, rounds: usize, shape: Shape) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = RocksStore::open(dir.path(), false).expect("open store");
     let (broker, _stopped) = Broker::start(store, BrokerOptions::default(), Box::new(NoObserver)).expect("start");
-    broker.create_queue(QUEUE, 0, 0, 0, 0, Default::default()).await.expect("create queue");
-    let payload = Bytes::from(vec![b'x'; 64]);
+    let scripts = match shape {
+        Shape::Plain => ScriptSources::default(),
+        Shape::Scripted => ScriptSources { on_enqueue: Some(ON_ENQUEUE.to_owned()), on_failure: None },
+    };
+    broker.create_queue(QUEUE, 0, 0, 0, 0, scripts).await.expect("create queue");
     let mut order = Keys::new(keys);
     for _ in 0..backlog.max(keys * 2).div_ceil(1_000) {
-        broker.enqueue(order.batch(1_000, &payload)).await.expect("enqueue");
+        broker.enqueue(order.batch(1_000, shape)).await.expect("enqueue");
     }
     let mut stream = broker.subscribe(QUEUE, WINDOW, 0).await.expect("subscribe");
     let mut tokens = Vec::new();
     let (cpu_before, scheduler_before) = cpu_times();
     let started = Instant::now();
     for _ in 0..rounds {
-        broker.enqueue(order.batch(BATCH, &payload)).await.expect("enqueue");
+        broker.enqueue(order.batch(BATCH, shape)).await.expect("enqueue");
         deliveries(&mut stream, BATCH, &mut tokens).await;
         let acked: Vec<String> = tokens.drain(..BATCH).collect();
         for result in broker.ack(acked).await.expect("ack") {
@@ -152,9 +186,15 @@ fn main() {
     let keys = env_list("FILA_WORK_KEYS", &[1, 1_000, 100_000]);
     let backlog = env_list("FILA_WORK_BACKLOG", &[200_000])[0];
     let rounds = env_list("FILA_WORK_ROUNDS", &[1_000])[0];
+    let shape = match std::env::var("FILA_WORK_SCRIPT").as_deref() {
+        Err(_) => Shape::Plain,
+        Ok("lua") => Shape::Scripted,
+        Ok(other) => panic!("FILA_WORK_SCRIPT={other}: the only script is \"lua\""),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    println!("lifecycle after a backlog of {backlog} messages, {rounds} rounds of {BATCH}:");
+    let hook = if shape == Shape::Scripted { ", with the realistic on_enqueue hook" } else { "" };
+    println!("lifecycle after a backlog of {backlog} messages, {rounds} rounds of {BATCH}{hook}:");
     for k in keys {
-        runtime.block_on(run(k, backlog, rounds));
+        runtime.block_on(run(k, backlog, rounds, shape));
     }
 }

@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use fila_server::scripting::{FailureDecision, QueueScripts, ScriptLimits, ScriptMessage};
+use fila_server::scripting::{FailureDecision, QueueScripts, ScriptHeaders, ScriptLimits, ScriptMessage};
 
 /// Reads a header, decodes the JSON payload, reads runtime configuration
 /// and returns a decision; fila-bench runs the same hook through the server.
@@ -59,12 +59,12 @@ fn fixture(on_enqueue: &str) -> Fixture {
 
 impl Fixture {
     fn enqueue(&mut self) {
-        let msg = ScriptMessage { queue: "orders", headers: &self.headers, payload: PAYLOAD };
+        let msg = ScriptMessage { queue: "orders", headers: ScriptHeaders::Map(&self.headers), payload: PAYLOAD };
         black_box(self.scripts.on_enqueue(&msg, &self.config).expect("decides"));
     }
 
     fn failure(&mut self, attempts: u32) {
-        let msg = ScriptMessage { queue: "orders", headers: &self.headers, payload: PAYLOAD };
+        let msg = ScriptMessage { queue: "orders", headers: ScriptHeaders::Map(&self.headers), payload: PAYLOAD };
         let decision = self.scripts.on_failure(&msg, attempts, "upstream timed out", &self.config).expect("decides");
         black_box(decision);
     }
@@ -111,7 +111,7 @@ criterion_group!(benches, per_call);
 
 fn main() {
     let mut f = fixture(ON_ENQUEUE);
-    let msg = ScriptMessage { queue: "orders", headers: &f.headers, payload: PAYLOAD };
+    let msg = ScriptMessage { queue: "orders", headers: ScriptHeaders::Map(&f.headers), payload: PAYLOAD };
     let decision = f.scripts.on_enqueue(&msg, &f.config).expect("decides");
     assert_eq!(
         (decision.fairness_key.as_deref(), decision.weight, decision.throttle_keys.as_deref()),

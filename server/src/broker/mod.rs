@@ -35,7 +35,9 @@ use crate::domain::{
     BrokerError, Lane, LeaseToken, Limits, MessageId, NewMessage, QueueName, QueueSettings, ScriptSources,
     ThrottleLimit, ThrottleSet, ValidationError,
 };
-use crate::scripting::{self, EnqueueDecision, FailureDecision, HookStats, ScriptError, ScriptLimits, ScriptMessage};
+use crate::scripting::{
+    self, EnqueueDecision, FailureDecision, HookStats, ScriptError, ScriptHeaders, ScriptLimits, ScriptMessage,
+};
 use crate::storage::Store;
 use observer::Observer;
 use scheduler::{Command, Scheduler};
@@ -649,7 +651,11 @@ impl Broker {
     pub async fn test_script(&self, test: ScriptTest) -> Result<Result<ScriptTestOutcome, ScriptError>, BrokerError> {
         let limits = self.options.script_limits;
         tokio::task::spawn_blocking(move || {
-            let sample = ScriptMessage { queue: &test.queue, headers: &test.headers, payload: &test.payload };
+            let sample = ScriptMessage {
+                queue: &test.queue,
+                headers: ScriptHeaders::Map(&test.headers),
+                payload: &test.payload,
+            };
             match &test.hook {
                 TestedHook::OnEnqueue(source) => {
                     scripting::test_on_enqueue(source, &sample, &test.config, limits).map(ScriptTestOutcome::Enqueue)

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod limits;
 pub mod message;
 pub mod queue;
+pub mod record_view;
 pub mod runtime_config;
 pub mod script;
 pub mod throttle;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mlua::{Lua, Table, Value};
 
 use super::sandbox::Vm;
-use super::{EnqueueDecision, FailureDecision, ScriptMessage, MAX_RETRY_DELAY};
+use super::{EnqueueDecision, FailureDecision, ScriptHeaders, ScriptMessage, MAX_RETRY_DELAY};
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, MAX_WEIGHT};
 
 /// The parts of the `msg` table (built in Lua by the trampoline, see
@@ -18,7 +18,12 @@ pub(super) fn message_fields(
     lua: &Lua,
     msg: &ScriptMessage<'_>,
 ) -> mlua::Result<(mlua::String, Table, usize, Option<mlua::String>)> {
-    let headers = lua.create_table_from(msg.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())))?;
+    let headers = match msg.headers {
+        ScriptHeaders::Map(map) => {
+            lua.create_table_from(map.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+        }
+        ScriptHeaders::Pairs(pairs) => lua.create_table_from(pairs.iter().copied()),
+    }?;
     let payload = if vm.wants_payload() { Some(lua.create_string(msg.payload)?) } else { None };
     Ok((vm.queue_name(lua, msg.queue)?, headers, msg.payload.len(), payload))
 }

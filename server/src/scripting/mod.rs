@@ -169,8 +169,16 @@ impl ConfigSource for NoConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct ScriptMessage<'a> {
     pub queue: &'a str,
-    pub headers: &'a HashMap<String, String>,
+    pub headers: ScriptHeaders<'a>,
     pub payload: &'a [u8],
+}
+
+/// A message's headers, as the caller holds them: a map, or name-value pairs
+/// (read in place from a stored record; of repeated names the last counts).
+#[derive(Debug, Clone, Copy)]
+pub enum ScriptHeaders<'a> {
+    Map(&'a HashMap<String, String>),
+    Pairs(&'a [(&'a str, &'a str)]),
 }
 
 /// What `on_enqueue` decided. `None` leaves the producer's value; the values

@@ -15,13 +15,13 @@ fn config(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// Runs `source`'s on_enqueue once against a small message.
 fn enqueue(source: &str) -> Result<EnqueueDecision, ScriptError> {
     let h = headers(&[("tenant", "acme")]);
-    let msg = ScriptMessage { queue: "orders", headers: &h, payload: br#"{"n":1}"# };
+    let msg = ScriptMessage { queue: "orders", headers: ScriptHeaders::Map(&h), payload: br#"{"n":1}"# };
     test_on_enqueue(source, &msg, &NoConfig, ScriptLimits::default())
 }
 
 fn failure(source: &str) -> Result<Option<FailureDecision>, ScriptError> {
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "orders", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "orders", headers: ScriptHeaders::Map(&h), payload: b"x" };
     test_on_failure(source, &msg, 2, "boom", &NoConfig, ScriptLimits::default())
 }
 
@@ -107,7 +107,7 @@ fn globals_are_isolated_between_queues_and_hooks() {
     let mut a = QueueScripts::compile(Some(writer), Some(reader), ScriptLimits::default()).unwrap();
     let mut b = QueueScripts::compile(Some(reader), None, ScriptLimits::default()).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     a.on_enqueue(&msg, &NoConfig).unwrap();
     let seen = b.on_enqueue(&msg, &NoConfig).unwrap();
     assert_eq!(seen.fairness_key.as_deref(), Some("nil/nil/B"));
@@ -185,7 +185,7 @@ fn unbounded_allocation_is_stopped() {
     let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
     for source in [growing, huge] {
         let h = headers(&[]);
-        let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+        let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
         let result = test_on_enqueue(source, &msg, &NoConfig, limits);
         assert!(
             matches!(result, Err(ScriptError::Memory { limit, .. }) if limit == DEFAULT_MEMORY_BYTES),
@@ -205,9 +205,11 @@ fn a_vm_recovers_after_a_memory_error() {
     let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
     let big = headers(&[("big", "1")]);
     let small = headers(&[]);
-    let r = scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &big, payload: b"x" }, &NoConfig);
+    let r =
+        scripts.on_enqueue(&ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&big), payload: b"x" }, &NoConfig);
     assert!(matches!(r, Err(ScriptError::Memory { .. })), "{r:?}");
-    let r = scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &small, payload: b"x" }, &NoConfig);
+    let r = scripts
+        .on_enqueue(&ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&small), payload: b"x" }, &NoConfig);
     assert_eq!(r.unwrap().weight, Some(7));
     let stats = scripts.stats(ScriptHook::OnEnqueue).unwrap();
     assert_eq!((stats.calls, stats.memory_errors, stats.consecutive_failures), (2, 1, 0));
@@ -227,7 +229,7 @@ fn breaker_opens_after_three_failures_and_recovers_after_cooldown() {
     let limits = ScriptLimits { breaker_cooldown: cooldown, ..ScriptLimits::default() };
     let mut scripts = QueueScripts::compile(Some(source), None, limits).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     let failing = config(&[("fail", "1")]);
     let healthy = config(&[]);
 
@@ -265,7 +267,7 @@ fn timeouts_and_bad_returns_count_as_failures() {
     "#;
     let mut scripts = QueueScripts::compile(None, Some(source), ScriptLimits::default()).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     assert!(matches!(scripts.on_failure(&msg, 1, "loop", &NoConfig), Err(ScriptError::Timeout { .. })));
     assert!(matches!(scripts.on_failure(&msg, 1, "x", &NoConfig), Err(ScriptError::BadReturn { .. })));
     assert!(matches!(scripts.on_failure(&msg, 1, "loop", &NoConfig), Err(ScriptError::Timeout { .. })));
@@ -366,7 +368,7 @@ fn on_enqueue_decisions() {
 fn bad_enqueue_returns_are_rejected() {
     // A huge table is rejected (validation reads only the first few entries).
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
     for (source, expected) in [
         ("local t = {} for i = 1, 100000 do t['k' .. i] = i end function on_enqueue(msg) return t end", "unknown field"),
@@ -475,7 +477,7 @@ fn fila_get_reads_the_config_of_the_call() {
     "#;
     let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     let d = scripts.on_enqueue(&msg, &config(&[("tenant", "acme"), ("weight", "4")])).unwrap();
     assert_eq!((d.fairness_key.as_deref(), d.weight), (Some("acme"), Some(4)));
     let d = scripts.on_enqueue(&msg, &NoConfig).unwrap();
@@ -554,7 +556,7 @@ fn scripts_are_loaded_once_and_reused() {
     "#;
     let mut scripts = QueueScripts::compile(Some(source), None, ScriptLimits::default()).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     let weights: Vec<_> = (0..3).map(|_| scripts.on_enqueue(&msg, &NoConfig).unwrap().weight.unwrap()).collect();
     assert_eq!(weights, [101, 102, 103]);
 }
@@ -563,7 +565,7 @@ fn scripts_are_loaded_once_and_reused() {
 fn queues_without_scripts_decide_nothing() {
     let mut scripts = QueueScripts::compile(None, None, ScriptLimits::default()).unwrap();
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     assert_eq!(scripts.on_enqueue(&msg, &NoConfig).unwrap(), EnqueueDecision::default());
     assert_eq!(scripts.on_failure(&msg, 3, "e", &NoConfig).unwrap(), None);
     assert!(!scripts.has(ScriptHook::OnEnqueue) && scripts.stats(ScriptHook::OnFailure).is_none());
@@ -582,7 +584,7 @@ fn default_limits_are_documented_values() {
 fn json_decode_counts_against_the_memory_limit() {
     let limits = ScriptLimits { memory_bytes: 512 * 1024, ..ScriptLimits::default() };
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     // 64,000 bytes of JSON (checked once at the end) and 160,000 bytes
     // (checked per allocation), each decoding to far more than 512 KiB.
     for copies in [8_000, 20_000] {
@@ -879,10 +881,13 @@ fn long_sorts_are_bounded_by_the_time_budget() {
     let mut scripts = QueueScripts::compile(Some(source), None, limits).unwrap();
     let (fill, sort) = (headers(&[]), headers(&[("sort", "1")]));
     for _ in 0..50 {
-        scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &fill, payload: b"x" }, &NoConfig).unwrap();
+        scripts
+            .on_enqueue(&ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&fill), payload: b"x" }, &NoConfig)
+            .unwrap();
     }
     let started = Instant::now();
-    let result = scripts.on_enqueue(&ScriptMessage { queue: "q", headers: &sort, payload: b"x" }, &NoConfig);
+    let result =
+        scripts.on_enqueue(&ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&sort), payload: b"x" }, &NoConfig);
     assert!(matches!(result, Err(ScriptError::Timeout { .. })), "{result:?}");
     assert!(started.elapsed() < Duration::from_millis(200), "stopped only after {:?}", started.elapsed());
 }
@@ -892,7 +897,7 @@ fn gsub_results_count_against_the_memory_limit() {
     // 100 MB of result; stopped at 8 MiB (the time limit is out of the way).
     let source = r#"function on_enqueue(msg) local s = string.rep("a", 100000) s:gsub("", string.rep("b", 1000)) end"#;
     let h = headers(&[]);
-    let msg = ScriptMessage { queue: "q", headers: &h, payload: b"x" };
+    let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
     let limits = ScriptLimits { timeout: Duration::from_secs(5), ..ScriptLimits::default() };
     let result = test_on_enqueue(source, &msg, &NoConfig, limits);
     assert!(matches!(result, Err(ScriptError::Memory { .. })), "{result:?}");

@@ -8,8 +8,9 @@ use super::{PreparedMessage, Scheduler};
 use crate::broker::failure_policy::FailureAction;
 use crate::broker::observer::ScriptOutcome;
 use crate::domain::message::{MessageRecord, DEFAULT_FAIRNESS_KEY};
+use crate::domain::record_view::{self, RecordView};
 use crate::domain::{Lane, QueueId, ScriptError, ThrottleSet};
-use crate::scripting::{EnqueueDecision, FailureDecision, ScriptHook, ScriptMessage};
+use crate::scripting::{EnqueueDecision, FailureDecision, ScriptHeaders, ScriptHook, ScriptMessage};
 use crate::storage::Store;
 
 impl<S: Store> Scheduler<S> {
@@ -17,12 +18,19 @@ impl<S: Store> Scheduler<S> {
     /// decision to the message. If the hook fails (or its breaker is open)
     /// the documented safe defaults apply: the default fairness key, no
     /// weight, no throttle keys.
+    ///
+    /// The record is read in place and rewritten only in its placement (see
+    /// [`RecordView`]), not decoded and encoded again.
     pub(super) fn apply_on_enqueue(&mut self, queue_id: QueueId, mut message: PreparedMessage) -> PreparedMessage {
         let Scheduler { queues, config, observer, .. } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return message };
         let Some(scripts) = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnEnqueue)) else { return message };
-        let Ok(mut record) = MessageRecord::decode_bytes(message.record.clone()) else { return message };
-        let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
+        let Some(view) = RecordView::parse(&message.record) else { return message };
+        let msg = ScriptMessage {
+            queue: &queue.def.name,
+            headers: ScriptHeaders::Pairs(&view.headers),
+            payload: view.payload,
+        };
         let started = Instant::now();
         let result = scripts.on_enqueue(&msg, config);
         observer.script_call(&queue.def.name, ScriptHook::OnEnqueue, started.elapsed(), ScriptOutcome::of(&result));
@@ -38,18 +46,18 @@ impl<S: Store> Scheduler<S> {
                 }
             }
         };
-        if let Some(key) = decision.fairness_key {
-            record.fairness_key = key;
-        }
-        if let Some(weight) = decision.weight {
-            record.weight = weight;
-        }
-        if let Some(keys) = decision.throttle_keys {
-            record.throttle_keys = keys;
-        }
-        message.lane = Lane::new(Arc::from(record.fairness_key.as_str()), ThrottleSet::new(&record.throttle_keys));
-        message.weight = record.weight;
-        message.record = record.encode_bytes();
+        let fairness_key = decision.fairness_key.as_deref().unwrap_or(view.fairness_key);
+        let weight = decision.weight.unwrap_or(view.weight);
+        let throttle_keys = match &decision.throttle_keys {
+            Some(keys) => keys.iter().map(String::as_str).collect(),
+            None => view.throttle_keys.clone(),
+        };
+        let Some(record) = record_view::with_placement(&message.record, fairness_key, weight, &throttle_keys) else {
+            return message;
+        };
+        message.lane = Lane::new(Arc::from(fairness_key), ThrottleSet::new(&throttle_keys));
+        message.weight = weight;
+        message.record = record;
         message
     }
 
@@ -60,7 +68,11 @@ impl<S: Store> Scheduler<S> {
         let Scheduler { queues, config, observer, .. } = self;
         let queue = queues.get_mut(&queue_id)?;
         let scripts = queue.scripts.as_mut().filter(|s| s.has(ScriptHook::OnFailure))?;
-        let msg = ScriptMessage { queue: &queue.def.name, headers: &record.headers, payload: &record.payload };
+        let msg = ScriptMessage {
+            queue: &queue.def.name,
+            headers: ScriptHeaders::Map(&record.headers),
+            payload: &record.payload,
+        };
         let started = Instant::now();
         let result = scripts.on_failure(&msg, record.failures, &record.last_error, config);
         observer.script_call(&queue.def.name, ScriptHook::OnFailure, started.elapsed(), ScriptOutcome::of(&result));
