@@ -7,10 +7,10 @@
 //! error. Invalid JSON raises a Lua error naming the line and column.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 
-use mlua::{Either, Lua, Value};
+use mlua::{ffi, Lua, Value};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// What a helper answers its Lua wrapper (see `SETUP` in `sandbox.rs`):
@@ -24,27 +24,10 @@ pub(super) fn decode(lua: &Lua, text: Value) -> mlua::Result<Answer> {
         return raise(lua, format!("fila.json_decode expects a string, got {}", text.type_name()));
     };
     let bytes = text.as_bytes();
-    if bytes.len() > UNCHECKED_MAX_BYTES {
-        return answer(lua, build(lua, &bytes)?);
+    match parse(&bytes) {
+        Ok(doc) => Ok((true, build(lua, &doc)?, None)),
+        Err(message) => raise(lua, message),
     }
-    // Small documents (the usual case) are built with the memory limit
-    // lifted, which avoids a protected call per value, and the limit is
-    // checked once at the end; the most it can be exceeded by is the
-    // decoded size of a 64 KiB document.
-    let limit = lua.set_memory_limit(0)?;
-    let value = build(lua, &bytes);
-    lua.set_memory_limit(limit)?;
-    let value = value?;
-    if limit != 0 && lua.used_memory() > limit {
-        drop(value);
-        lua.gc_collect()?;
-        if lua.used_memory() > limit {
-            return Err(mlua::Error::MemoryError("not enough memory".to_owned()));
-        }
-        // Again, with the limit in force for every allocation.
-        return answer(lua, build(lua, &bytes)?);
-    }
-    answer(lua, value)
 }
 
 /// An error for the Lua wrapper to raise at the script's line.
@@ -52,163 +35,223 @@ pub(super) fn raise(lua: &Lua, message: String) -> mlua::Result<Answer> {
     Ok((false, Value::String(lua.create_string(message)?), Some(2)))
 }
 
-/// Documents up to this size are decoded with one memory check at the end
-/// instead of one per allocation.
-const UNCHECKED_MAX_BYTES: usize = 64 * 1024;
-
-fn answer(lua: &Lua, built: Result<Item<'_>, String>) -> mlua::Result<Answer> {
-    match built {
-        Ok(Item::Str(s)) => Ok((true, Value::String(lua.create_string(&*s)?), None)),
-        Ok(Item::Lua(value)) => Ok((true, value, None)),
-        Err(message) => raise(lua, message),
-    }
+/// A parsed document.
+struct Doc<'de> {
+    /// Its values in document order, each array and object before what it
+    /// holds (with its count), so it is built from the front in one pass.
+    tape: Vec<Token<'de>>,
+    /// How deeply arrays and objects nest in it (0 for a scalar).
+    depth: usize,
 }
 
-/// Parses `text` and builds its Lua value in one pass: `Ok(Err(message))`
-/// for invalid JSON, `Err` for a Lua error (memory) while building.
-///
-/// The tables are built straight from the parser's events rather than from
-/// a `serde_json::Value` tree (which cost as much again as the Lua side),
-/// and each table is created with its final size in one `mlua` call whose
-/// strings and numbers are pushed straight onto the Lua stack: a Lua
-/// reference (`mlua::Value::String`) per string cost more than the string.
-fn build<'de>(lua: &Lua, text: &'de [u8]) -> mlua::Result<Result<Item<'de>, String>> {
-    let failed = Cell::new(None);
-    let scratch = RefCell::new(Scratch { items: Vec::with_capacity(16), fields: Vec::with_capacity(16) });
-    let mut parser = serde_json::Deserializer::from_slice(text);
-    let parsed = Build { lua, failed: &failed, scratch: &scratch }
-        .deserialize(&mut parser)
-        .and_then(|item| parser.end().map(|()| item));
-    if let Some(error) = failed.take() {
-        return Err(error);
-    }
-    Ok(parsed.map_err(|e| format!("fila.json_decode: invalid JSON: {e}")))
-}
-
-/// A decoded value: a string not yet in Lua, or a Lua value (a number,
-/// boolean, `nil` or a finished table).
-enum Item<'de> {
+/// One value of a [`Doc`].
+enum Token<'de> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Num(f64),
+    /// A string, borrowed from the text unless it had escapes.
     Str(Cow<'de, str>),
-    Lua(Value),
+    /// An array of this many values (the tokens of each follow).
+    Array(usize),
+    /// An object of this many fields (each a `Str` key, then its value).
+    Object(usize),
 }
 
-impl Item<'_> {
-    /// As something `mlua` pushes without creating a reference for it.
-    fn pushed(&self) -> Either<&str, &Value> {
-        match self {
-            Item::Str(s) => Either::Left(s),
-            Item::Lua(value) => Either::Right(value),
-        }
+/// Parses `text` whole before anything is built in Lua: invalid JSON is
+/// found without touching the VM. Nesting is limited to 128 levels
+/// (serde_json's recursion limit).
+fn parse(text: &[u8]) -> Result<Doc<'_>, String> {
+    let mut doc = Doc { tape: Vec::with_capacity(16), depth: 0 };
+    let mut parser = serde_json::Deserializer::from_slice(text);
+    Parse { doc: &mut doc, depth: 0 }
+        .deserialize(&mut parser)
+        .and_then(|()| parser.end())
+        .map_err(|e| format!("fila.json_decode: invalid JSON: {e}"))?;
+    Ok(doc)
+}
+
+/// Builds the Lua value of `tape` with Lua's C API, inside one protected
+/// call.
+///
+/// Through `mlua`'s API each table and each string is a call of its own,
+/// protected against Lua errors (a memory error, with the script's limit in
+/// force), and a Lua reference per value: that came to three quarters of
+/// `fila.json_decode`'s cost for a small document. Here the whole value is
+/// built in one `exec_raw` (itself a protected call), with the memory limit
+/// in force for every allocation.
+fn build(lua: &Lua, doc: &Doc<'_>) -> mlua::Result<Value> {
+    // Two stack slots per open array or object (the table, then a key) and
+    // one for the value being added; at most 257 (nesting is limited).
+    let slots = i32::try_from(2 * doc.depth + 1).unwrap_or(i32::MAX);
+    let tape = &doc.tape[..];
+    let had_stack = Cell::new(true);
+    // SAFETY: the closure runs inside a protected call (`exec_raw`), so a
+    // Lua error raised by the C API (only a memory error: table and string
+    // allocation) unwinds to it, skipping the closure's frames and `push`'s.
+    // Those frames own nothing that needs dropping (references, integers and
+    // a `Cell`), which is the condition for leaving Rust frames that way
+    // (mlua builds its own protected calls on the same condition). The stack
+    // has room for every value pushed: `lua_checkstack` (which does not
+    // raise) reserves the slots counted above, and nothing is pushed if it
+    // cannot. Strings are pushed with their length, so they may hold zeros.
+    let value: Value = unsafe {
+        lua.exec_raw((), |state| {
+            if ffi::lua_checkstack(state, slots) == 0 {
+                had_stack.set(false);
+                return;
+            }
+            let mut at = 0;
+            push(state, tape, &mut at);
+        })?
+    };
+    if !had_stack.get() {
+        return Err(mlua::Error::MemoryError("not enough memory for the Lua stack".to_owned()));
     }
+    Ok(value)
 }
 
-/// The items of the arrays and the fields of the objects being read, all
-/// open ones in one stack each (innermost last), so a document needs no
-/// allocation per array or object.
-struct Scratch<'de> {
-    items: Vec<Item<'de>>,
-    fields: Vec<(Cow<'de, str>, Item<'de>)>,
-}
-
-/// Builds one value (and what it contains). A Lua error while building is
-/// kept in `failed` and the parse stopped.
-#[derive(Clone, Copy)]
-struct Build<'a, 'de> {
-    lua: &'a Lua,
-    failed: &'a Cell<Option<mlua::Error>>,
-    scratch: &'a RefCell<Scratch<'de>>,
-}
-
-impl<'de> Build<'_, 'de> {
-    fn table<E: de::Error>(self, table: mlua::Result<mlua::Table>) -> Result<Item<'de>, E> {
-        match table {
-            Ok(table) => Ok(Item::Lua(Value::Table(table))),
-            Err(e) => {
-                self.failed.set(Some(e));
-                Err(E::custom("cannot build the Lua value"))
+/// Pushes the value starting at `tape[*at]` and moves `at` past it.
+///
+/// # Safety
+/// `state` must have a free stack slot per value pushed at once (see
+/// [`build`]), and the caller must be running in a protected call whose
+/// frames up to it own nothing that needs dropping.
+unsafe fn push(state: *mut ffi::lua_State, tape: &[Token<'_>], at: &mut usize) {
+    let token = &tape[*at];
+    *at += 1;
+    match token {
+        Token::Nil => ffi::lua_pushnil(state),
+        Token::Bool(b) => ffi::lua_pushboolean(state, i32::from(*b)),
+        Token::Int(i) => ffi::lua_pushinteger(state, *i),
+        Token::Num(n) => ffi::lua_pushnumber(state, *n),
+        Token::Str(s) => {
+            ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
+        }
+        Token::Array(len) => {
+            ffi::lua_createtable(state, (*len).try_into().unwrap_or(i32::MAX), 0);
+            for i in 1..=*len {
+                push(state, tape, at);
+                // A `nil` (JSON null) leaves a hole: Lua stores nothing.
+                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer);
+            }
+        }
+        Token::Object(len) => {
+            ffi::lua_createtable(state, 0, (*len).try_into().unwrap_or(i32::MAX));
+            for _ in 0..*len {
+                push(state, tape, at);
+                push(state, tape, at);
+                // In document order, so of repeated keys the last wins; a
+                // `nil` value sets nothing.
+                ffi::lua_rawset(state, -3);
             }
         }
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
-    type Value = Item<'de>;
+/// Appends one value (and what it contains), at `depth` in the document, to
+/// the document's tape.
+struct Parse<'t, 'de> {
+    doc: &'t mut Doc<'de>,
+    depth: usize,
+}
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Item<'de>, D::Error> {
+impl<'de> Parse<'_, 'de> {
+    fn push(self, token: Token<'de>) {
+        self.doc.tape.push(token);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Parse<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Build<'_, 'de> {
-    type Value = Item<'de>;
+impl<'de> Visitor<'de> for Parse<'_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, b: bool) -> Result<Item<'de>, E> {
-        Ok(Item::Lua(Value::Boolean(b)))
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.push(Token::Bool(b));
+        Ok(())
     }
 
-    fn visit_i64<E>(self, i: i64) -> Result<Item<'de>, E> {
-        Ok(Item::Lua(Value::Integer(i)))
+    fn visit_i64<E>(self, i: i64) -> Result<(), E> {
+        self.push(Token::Int(i));
+        Ok(())
     }
 
-    fn visit_u64<E>(self, u: u64) -> Result<Item<'de>, E> {
-        Ok(Item::Lua(match i64::try_from(u) {
-            Ok(i) => Value::Integer(i),
-            Err(_) => Value::Number(u as f64),
-        }))
+    fn visit_u64<E>(self, u: u64) -> Result<(), E> {
+        self.push(match i64::try_from(u) {
+            Ok(i) => Token::Int(i),
+            Err(_) => Token::Num(u as f64),
+        });
+        Ok(())
     }
 
-    fn visit_f64<E>(self, n: f64) -> Result<Item<'de>, E> {
+    fn visit_f64<E>(self, n: f64) -> Result<(), E> {
         // As `serde_json::Value`, which has no non-finite numbers.
-        Ok(Item::Lua(if n.is_finite() { Value::Number(n) } else { Value::Nil }))
+        self.push(if n.is_finite() { Token::Num(n) } else { Token::Nil });
+        Ok(())
     }
 
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Item<'de>, E> {
-        Ok(Item::Str(Cow::Borrowed(s)))
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<(), E> {
+        self.push(Token::Str(Cow::Borrowed(s)));
+        Ok(())
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<Item<'de>, E> {
-        Ok(Item::Str(Cow::Owned(s.to_owned())))
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.push(Token::Str(Cow::Owned(s.to_owned())));
+        Ok(())
     }
 
-    fn visit_string<E>(self, s: String) -> Result<Item<'de>, E> {
-        Ok(Item::Str(Cow::Owned(s)))
+    fn visit_string<E>(self, s: String) -> Result<(), E> {
+        self.push(Token::Str(Cow::Owned(s)));
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Item<'de>, E> {
-        Ok(Item::Lua(Value::Nil))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.push(Token::Nil);
+        Ok(())
     }
 
-    fn visit_none<E>(self) -> Result<Item<'de>, E> {
-        Ok(Item::Lua(Value::Nil))
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.push(Token::Nil);
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item<'de>, A::Error> {
-        let start = self.scratch.borrow().items.len();
-        while let Some(item) = seq.next_element_seed(self)? {
-            self.scratch.borrow_mut().items.push(item);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (doc, depth) = (self.doc, self.depth + 1);
+        doc.depth = doc.depth.max(depth);
+        let start = doc.tape.len();
+        doc.tape.push(Token::Array(0));
+        let mut len = 0;
+        while seq.next_element_seed(Parse { doc: &mut *doc, depth })?.is_some() {
+            len += 1;
         }
-        let mut scratch = self.scratch.borrow_mut();
-        let table = self.lua.create_sequence_from(scratch.items[start..].iter().map(Item::pushed));
-        scratch.items.truncate(start);
-        self.table(table)
+        doc.tape[start] = Token::Array(len);
+        Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item<'de>, A::Error> {
-        let start = self.scratch.borrow().fields.len();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (doc, depth) = (self.doc, self.depth + 1);
+        doc.depth = doc.depth.max(depth);
+        let start = doc.tape.len();
+        doc.tape.push(Token::Object(0));
+        let mut len = 0;
         while let Some(key) = map.next_key_seed(Key)? {
-            let item = map.next_value_seed(self)?;
-            self.scratch.borrow_mut().fields.push((key, item));
+            doc.tape.push(Token::Str(key));
+            map.next_value_seed(Parse { doc: &mut *doc, depth })?;
+            len += 1;
         }
-        let mut scratch = self.scratch.borrow_mut();
-        // In document order, so of repeated keys the last wins.
-        let fields = scratch.fields[start..].iter().map(|(key, item)| (&**key, item.pushed()));
-        let table = self.lua.create_table_from(fields);
-        scratch.fields.truncate(start);
-        self.table(table)
+        doc.tape[start] = Token::Object(len);
+        Ok(())
     }
 }
 

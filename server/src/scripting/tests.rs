@@ -585,8 +585,8 @@ fn json_decode_counts_against_the_memory_limit() {
     let limits = ScriptLimits { memory_bytes: 512 * 1024, ..ScriptLimits::default() };
     let h = headers(&[]);
     let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"x" };
-    // 64,000 bytes of JSON (checked once at the end) and 160,000 bytes
-    // (checked per allocation), each decoding to far more than 512 KiB.
+    // 64,000 and 160,000 bytes of JSON, each decoding to far more than
+    // 512 KiB (the limit is in force for every allocation while building).
     for copies in [8_000, 20_000] {
         let source = format!(
             r#"local doc = "[" .. string.rep("[1,2,3],", {copies}) .. "0]"
