@@ -146,8 +146,10 @@ end"#;
     client.enqueue(NewMessage::new("q", "x")).await.unwrap();
     let mut stream = client.lease("q", LeaseOptions::default()).await.unwrap();
     let d = next_delivery(&mut stream, WAIT).await;
-    client.nack(&d.lease_token, "first").await.unwrap();
+    // Timed from before the call: the server starts the delay when it takes
+    // the nack, which may be a fraction of a millisecond before the reply lands.
     let nacked = Instant::now();
+    client.nack(&d.lease_token, "first").await.unwrap();
     let d = next_delivery(&mut stream, WAIT).await;
     assert!(nacked.elapsed() >= Duration::from_millis(700), "retried after {:?}", nacked.elapsed());
     client.nack(&d.lease_token, "second").await.unwrap();

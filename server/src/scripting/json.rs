@@ -160,6 +160,23 @@ impl<'de> Parse<'_, 'de> {
     fn push(self, token: Token<'de>) {
         self.doc.tape.push(token);
     }
+
+    /// Appends an array or an object: `make(0)` in its place, then what
+    /// `items` appends one level deeper (it answers how many values or
+    /// fields), then `make` of that count in the first place.
+    fn container<E>(
+        self,
+        make: fn(usize) -> Token<'de>,
+        items: impl FnOnce(&mut Doc<'de>, usize) -> Result<usize, E>,
+    ) -> Result<(), E> {
+        let (doc, depth) = (self.doc, self.depth + 1);
+        doc.depth = doc.depth.max(depth);
+        let start = doc.tape.len();
+        doc.tape.push(make(0));
+        let len = items(&mut *doc, depth)?;
+        doc.tape[start] = make(len);
+        Ok(())
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Parse<'_, 'de> {
@@ -227,31 +244,25 @@ impl<'de> Visitor<'de> for Parse<'_, 'de> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (doc, depth) = (self.doc, self.depth + 1);
-        doc.depth = doc.depth.max(depth);
-        let start = doc.tape.len();
-        doc.tape.push(Token::Array(0));
-        let mut len = 0;
-        while seq.next_element_seed(Parse { doc: &mut *doc, depth })?.is_some() {
-            len += 1;
-        }
-        doc.tape[start] = Token::Array(len);
-        Ok(())
+        self.container(Token::Array, |doc, depth| {
+            let mut len = 0;
+            while seq.next_element_seed(Parse { doc: &mut *doc, depth })?.is_some() {
+                len += 1;
+            }
+            Ok(len)
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (doc, depth) = (self.doc, self.depth + 1);
-        doc.depth = doc.depth.max(depth);
-        let start = doc.tape.len();
-        doc.tape.push(Token::Object(0));
-        let mut len = 0;
-        while let Some(key) = map.next_key_seed(Key)? {
-            doc.tape.push(Token::Str(key));
-            map.next_value_seed(Parse { doc: &mut *doc, depth })?;
-            len += 1;
-        }
-        doc.tape[start] = Token::Object(len);
-        Ok(())
+        self.container(Token::Object, |doc, depth| {
+            let mut len = 0;
+            while let Some(key) = map.next_key_seed(Key)? {
+                doc.tape.push(Token::Str(key));
+                map.next_value_seed(Parse { doc: &mut *doc, depth })?;
+                len += 1;
+            }
+            Ok(len)
+        })
     }
 }
 
