@@ -21,7 +21,6 @@ use std::sync::Arc;
 use prost::encoding::{decode_varint, encode_varint};
 
 use super::tally::Tally;
-use crate::domain::{Lane, QueueId};
 
 /// Journal bytes between checkpoints: what recovery replays at most.
 pub const CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
@@ -103,9 +102,10 @@ pub struct Journal {
     pub next: u64,
     /// Bytes of entries since the last checkpoint.
     pub bytes: usize,
-    /// Lanes changed since the last checkpoint (a lane may appear twice),
-    /// with their `lane_tallies` keys.
-    pub dirty: Vec<(QueueId, Lane, Arc<[u8]>)>,
+    /// The `lane_tallies` keys of lanes emptied (and forgotten) since the
+    /// last checkpoint; a key may appear twice. (Lanes that are still there
+    /// know themselves whether they changed.)
+    pub emptied: Vec<Arc<[u8]>>,
     /// Checkpoint past this many bytes of entries.
     pub checkpoint_bytes: usize,
     /// A checkpoint seals a lane whose oldest open message is this many
@@ -122,7 +122,7 @@ impl Default for Journal {
         Journal {
             next: 0,
             bytes: 0,
-            dirty: Vec::new(),
+            emptied: Vec::new(),
             checkpoint_bytes: CHECKPOINT_BYTES,
             max_open_age: super::log_gc::MAX_OPEN_AGE,
             logged: 0,
@@ -140,7 +140,7 @@ impl Journal {
     pub fn checkpointed(&mut self) {
         self.next = 0;
         self.bytes = 0;
-        self.dirty.clear();
+        self.emptied.clear();
         self.logged = 0;
     }
 }

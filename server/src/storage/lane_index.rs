@@ -153,10 +153,14 @@ impl LaneIndex {
         self.touched
     }
 
-    /// Notes that the lane changed since the last checkpoint; true the
-    /// first time.
-    pub fn mark_dirty(&mut self) -> bool {
-        !std::mem::replace(&mut self.dirty, true)
+    /// Notes that the lane changed since the last checkpoint.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Whether the lane changed since the last checkpoint.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// The lane's tally is stored as it is now.

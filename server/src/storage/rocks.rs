@@ -314,41 +314,43 @@ impl RocksStore {
     }
 
     /// Writes the whole tally of every lane changed since the last
-    /// checkpoint (or deletes it, for a lane left empty), in key order, and
-    /// deletes the journal, in one batch. Lanes whose oldest open message
-    /// has grown too old are sealed first, and the log's horizon rises to
-    /// the oldest open message left.
+    /// checkpoint (and deletes those of lanes emptied since), and deletes
+    /// the journal, in one batch. Lanes whose oldest open message has grown
+    /// too old are sealed first, and the log's horizon rises to the oldest
+    /// open message left. One pass over the lanes in slot order: looking
+    /// each changed lane up by name cost a microsecond per lane in cache
+    /// misses, 0.1 s a checkpoint with 100,000 active lanes.
     fn checkpoint(&self, indexes: &mut LaneIndexes, journal: &mut Journal) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let seq_high = self.seq_high.get();
         let mut horizon = seq_high + 1;
         let mut released = 0;
+        // In key order, which RocksDB's memtable takes three times as fast as
+        // the lanes' order (20 against 67 ms for 100,000 lanes). Deletes come
+        // first: a lane emptied and stored again since has its put after.
+        let mut tallies: KeyOrdered<Arc<[u8]>> = KeyOrdered::default();
+        for key in journal.emptied.drain(..) {
+            tallies.delete(key);
+        }
         for (_, Slot { queue, lane, index }) in indexes.slots_mut() {
-            let Some(oldest) = index.oldest_open() else { continue };
-            if oldest.saturating_add(journal.max_open_age) >= seq_high {
-                horizon = horizon.min(oldest);
-                continue;
-            }
-            released += index.body_bytes();
-            let sealed = index.seal().expect("the lane has open messages");
-            self.write_chunk(&mut batch, *queue, lane, &sealed)?;
-            index.settle();
-            if index.mark_dirty() {
-                journal.dirty.push((*queue, lane.clone(), Arc::clone(index.key())));
-            }
-        }
-        indexes.records_bytes = indexes.records_bytes.saturating_sub(released);
-        journal.dirty.sort_unstable_by(|a, b| a.2.cmp(&b.2));
-        journal.dirty.dedup_by(|a, b| a.2 == b.2);
-        for (queue, lane, key) in journal.dirty.drain(..) {
-            match indexes.get_mut(queue, &lane) {
-                Some(index) => {
-                    index.checkpointed();
-                    batch.put_cf(self.cf(CF_LANES), &key, index.tally().encode());
+            if let Some(oldest) = index.oldest_open() {
+                if oldest.saturating_add(journal.max_open_age) >= seq_high {
+                    horizon = horizon.min(oldest);
+                } else {
+                    released += index.body_bytes();
+                    let sealed = index.seal().expect("the lane has open messages");
+                    self.write_chunk(&mut batch, *queue, lane, &sealed)?;
+                    index.settle();
+                    index.mark_dirty();
                 }
-                None => batch.delete_cf(self.cf(CF_LANES), &key),
+            }
+            if index.is_dirty() {
+                index.checkpointed();
+                tallies.put(Arc::clone(index.key()), index.tally().encode());
             }
         }
+        tallies.add_to(&mut batch, self.cf(CF_LANES));
+        indexes.records_bytes = indexes.records_bytes.saturating_sub(released);
         self.drop_log_below(&mut batch, indexes, horizon);
         batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
         batch.put_cf(self.cf(CF_META), SEQ_HIGH, seq_high.to_be_bytes());
@@ -593,10 +595,9 @@ impl Store for RocksStore {
                 }
                 let held = index.body_bytes();
                 index.finish_commit(&mut entry);
-                if index.mark_dirty() {
-                    journal.dirty.push((*queue, lane.clone(), Arc::clone(index.key())));
-                }
+                index.mark_dirty();
                 if index.is_empty() {
+                    journal.emptied.push(Arc::clone(index.key()));
                     indexes.forget(id);
                 }
                 indexes.records_bytes += held;
