@@ -11,10 +11,17 @@
 //! checkpoints at once.
 //!
 //! An entry is varints: the highest sequence stored so far (0 if the
-//! commit stored none), then per lane its `lane_tallies` key (length and
-//! bytes), and its delta: count (zigzag), highest sequence, weight
-//! sequence, weight, floor, then the opened and the closed sequences (a
-//! count, then the first and the gaps to each next one).
+//! commit stored none), then per lane its number and its delta: count
+//! (zigzag), highest sequence, weight sequence, weight, floor, then the
+//! opened and the closed sequences (a count, then the first and the gaps to
+//! each next one). Lanes are numbered from 0 in the order the journal first
+//! mentions them after a checkpoint, and only that first mention carries
+//! the lane's `lane_tallies` key (a lane's number, twice plus one, then
+//! the key's length and bytes; later ones, twice the number): with many
+//! active lanes the keys were two thirds of the journal, and the journal's
+//! bytes set how often a checkpoint writes every changed lane's tally.
+//! Entries of this form are under keys with the top bit set; entries of
+//! the form before, which named every lane by its key, are still read.
 
 use std::sync::Arc;
 
@@ -25,9 +32,21 @@ use super::tally::Tally;
 /// Journal bytes between checkpoints: what recovery replays at most.
 pub const CHECKPOINT_BYTES: usize = 16 * 1024 * 1024;
 
-/// `n(8)`: the journal entry of the `n`th commit since the last checkpoint.
+/// The top bit of the keys of entries whose lanes are numbered.
+const NUMBERED: u64 = 1 << 63;
+
+/// The journal entry of the `n`th commit since the last checkpoint.
 pub fn key(n: u64) -> [u8; 8] {
-    n.to_be_bytes()
+    (NUMBERED | n).to_be_bytes()
+}
+
+/// From the first to past the last key of any journal entry, of either form.
+pub const ALL_KEYS: ([u8; 8], [u8; 8]) = ([0; 8], [0xff; 8]);
+
+/// Whether the entry under `key` numbers its lanes (or, in the form before,
+/// names each by its key).
+pub fn numbers_lanes(key: &[u8]) -> bool {
+    key.first().is_some_and(|byte| byte & 0x80 != 0)
 }
 
 /// Starts an entry.
@@ -35,10 +54,18 @@ pub fn start_entry(out: &mut Vec<u8>, seq_high: u64) {
     encode_varint(seq_high, out);
 }
 
-/// Appends one lane's delta to an entry.
-pub fn push_lane(out: &mut Vec<u8>, key: &[u8], delta: &Tally) {
-    encode_varint(key.len() as u64, out);
-    out.extend_from_slice(key);
+/// Appends one lane's delta to an entry: the lane by its number, and by its
+/// `lane_tallies` key too the first time after a checkpoint.
+pub fn push_lane(out: &mut Vec<u8>, number: u64, first_key: Option<&[u8]>, delta: &Tally) {
+    encode_varint(number << 1 | u64::from(first_key.is_some()), out);
+    if let Some(key) = first_key {
+        encode_varint(key.len() as u64, out);
+        out.extend_from_slice(key);
+    }
+    push_delta(out, delta);
+}
+
+fn push_delta(out: &mut Vec<u8>, delta: &Tally) {
     encode_varint(((delta.count << 1) ^ (delta.count >> 63)) as u64, out);
     for value in [delta.max_seq, delta.weight_seq, u64::from(delta.weight), delta.floor] {
         encode_varint(value, out);
@@ -65,13 +92,27 @@ pub struct Entry {
     pub lanes: Vec<(Vec<u8>, Tally)>,
 }
 
-pub fn decode(mut bytes: &[u8]) -> Option<Entry> {
+/// Decodes an entry; `names` holds the keys of the lanes numbered by the
+/// entries before it (since the last checkpoint), and gains those this one
+/// numbers. `numbered` says which form the entry has (see [`numbers_lanes`]).
+pub fn decode(mut bytes: &[u8], numbered: bool, names: &mut Vec<Vec<u8>>) -> Option<Entry> {
     let buf = &mut bytes;
     let mut entry = Entry { seq_high: decode_varint(buf).ok()?, lanes: Vec::new() };
     while !buf.is_empty() {
-        let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-        let key = buf.get(..len)?.to_vec();
-        *buf = &buf[len..];
+        let key = if numbered {
+            let tag = decode_varint(buf).ok()?;
+            let number = usize::try_from(tag >> 1).ok()?;
+            if tag & 1 == 1 {
+                // Numbers are given in order: the next is the count so far.
+                if number != names.len() {
+                    return None;
+                }
+                names.push(decode_key(buf)?);
+            }
+            names.get(number)?.clone()
+        } else {
+            decode_key(buf)?
+        };
         let zigzag = decode_varint(buf).ok()?;
         let mut tally = Tally { count: ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64), ..Tally::default() };
         tally.max_seq = decode_varint(buf).ok()?;
@@ -83,6 +124,13 @@ pub fn decode(mut bytes: &[u8]) -> Option<Entry> {
         entry.lanes.push((key, tally));
     }
     Some(entry)
+}
+
+fn decode_key(buf: &mut &[u8]) -> Option<Vec<u8>> {
+    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+    let key = buf.get(..len)?.to_vec();
+    *buf = &buf[len..];
+    Some(key)
 }
 
 fn decode_seqs(buf: &mut &[u8]) -> Option<Vec<u64>> {
@@ -100,6 +148,8 @@ fn decode_seqs(buf: &mut &[u8]) -> Option<Vec<u64>> {
 pub struct Journal {
     /// Key of the next entry.
     pub next: u64,
+    /// Lanes numbered since the last checkpoint: the next lane's number.
+    pub numbered: u64,
     /// Bytes of entries since the last checkpoint.
     pub bytes: usize,
     /// The `lane_tallies` keys of lanes emptied (and forgotten) since the
@@ -121,6 +171,7 @@ impl Default for Journal {
     fn default() -> Self {
         Journal {
             next: 0,
+            numbered: 0,
             bytes: 0,
             emptied: Vec::new(),
             checkpoint_bytes: CHECKPOINT_BYTES,
@@ -139,6 +190,7 @@ impl Journal {
     /// Starts over after a checkpoint: no entries, no lane changed since.
     pub fn checkpointed(&mut self) {
         self.next = 0;
+        self.numbered = 0;
         self.bytes = 0;
         self.emptied.clear();
         self.logged = 0;
@@ -150,7 +202,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_round_trip() {
+    fn entries_round_trip_naming_each_lane_once() {
         let a = Tally {
             count: -3,
             max_seq: 90,
@@ -161,12 +213,49 @@ mod tests {
             closed: vec![72],
         };
         let b = Tally { count: 2, floor: 5, ..Tally::default() };
-        let mut out = Vec::new();
-        start_entry(&mut out, 1_000);
-        push_lane(&mut out, b"lane-a", &a);
-        push_lane(&mut out, b"", &b);
-        let entry = decode(&out).unwrap();
-        assert_eq!(entry, Entry { seq_high: 1_000, lanes: vec![(b"lane-a".to_vec(), a), (Vec::new(), b)] });
-        assert_eq!(decode(&out[..out.len() - 1]), None, "a cut entry");
+        let mut first = Vec::new();
+        start_entry(&mut first, 1_000);
+        push_lane(&mut first, 0, Some(b"lane-a"), &a);
+        push_lane(&mut first, 1, Some(b""), &b);
+        let mut second = Vec::new();
+        start_entry(&mut second, 0);
+        push_lane(&mut second, 1, None, &a);
+        push_lane(&mut second, 2, Some(b"lane-c"), &b);
+        push_lane(&mut second, 0, None, &b);
+
+        let mut names = Vec::new();
+        assert_eq!(
+            decode(&first, true, &mut names),
+            Some(Entry { seq_high: 1_000, lanes: vec![(b"lane-a".to_vec(), a.clone()), (Vec::new(), b.clone())] })
+        );
+        assert_eq!(
+            decode(&second, true, &mut names),
+            Some(Entry {
+                seq_high: 0,
+                lanes: vec![(Vec::new(), a), (b"lane-c".to_vec(), b.clone()), (b"lane-a".to_vec(), b)]
+            })
+        );
+        assert_eq!(decode(&second[..second.len() - 1], true, &mut names.clone()), None, "a cut entry");
+        assert_eq!(decode(&second, true, &mut Vec::new()), None, "lane 1 was never named");
+        let mut skipping = Vec::new();
+        start_entry(&mut skipping, 0);
+        push_lane(&mut skipping, 1, Some(b"lane-b"), &Tally::default());
+        assert_eq!(decode(&skipping, true, &mut Vec::new()), None, "lane 0 was never named");
+    }
+
+    #[test]
+    fn entries_of_the_form_before_are_read() {
+        let delta = Tally { count: 1, max_seq: 7, open: vec![7], ..Tally::default() };
+        let mut entry = Vec::new();
+        start_entry(&mut entry, 7);
+        for key in [&b"lane-a"[..], b"lane-b"] {
+            encode_varint(key.len() as u64, &mut entry);
+            entry.extend_from_slice(key);
+            push_delta(&mut entry, &delta);
+        }
+        let expected =
+            Entry { seq_high: 7, lanes: vec![(b"lane-a".to_vec(), delta.clone()), (b"lane-b".to_vec(), delta)] };
+        assert_eq!(decode(&entry, false, &mut Vec::new()), Some(expected));
+        assert!(!numbers_lanes(&0u64.to_be_bytes()) && numbers_lanes(&key(0)));
     }
 }

@@ -99,6 +99,9 @@ pub struct LaneIndex {
     touched: bool,
     /// Whether the lane changed since the last checkpoint.
     dirty: bool,
+    /// The lane's number in the journal since the last checkpoint, once
+    /// the journal has named it (see `journal.rs`).
+    journal_number: Option<u64>,
 }
 
 impl LaneIndex {
@@ -123,6 +126,7 @@ impl LaneIndex {
             delta: Tally::default(),
             touched: false,
             dirty: false,
+            journal_number: None,
         }
     }
 
@@ -163,9 +167,11 @@ impl LaneIndex {
         self.dirty
     }
 
-    /// The lane's tally is stored as it is now.
+    /// The lane's tally is stored as it is now, and the journal starts
+    /// over.
     pub fn checkpointed(&mut self) {
         self.dirty = false;
+        self.journal_number = None;
     }
 
     /// Records a message stored at `seq`, sent with `weight` (0 = none).
@@ -303,15 +309,26 @@ impl LaneIndex {
     }
 
     /// Appends this commit's change to the lane's tally to a journal entry,
-    /// with the floor raised past everything no longer open.
-    pub fn finish_commit(&mut self, entry: &mut Vec<u8>) {
+    /// with the floor raised past everything no longer open. A lane the
+    /// journal has not named since the last checkpoint takes the next
+    /// number, `journal_numbered`, which rises.
+    pub fn finish_commit(&mut self, entry: &mut Vec<u8>, journal_numbered: &mut u64) {
         if !self.touched {
             return;
         }
         self.raise_floor();
         self.delta.floor = self.floor;
         self.delta.closed.sort_unstable();
-        journal::push_lane(entry, &self.key, &self.delta);
+        let (number, first_key) = match self.journal_number {
+            Some(number) => (number, None),
+            None => {
+                let number = *journal_numbered;
+                *journal_numbered += 1;
+                self.journal_number = Some(number);
+                (number, Some(&*self.key))
+            }
+        };
+        journal::push_lane(entry, number, first_key, &self.delta);
         self.clear_delta();
     }
 
@@ -506,8 +523,10 @@ mod tests {
     fn take_delta(index: &mut LaneIndex) -> Option<Tally> {
         let mut entry = Vec::new();
         journal::start_entry(&mut entry, 0);
-        index.finish_commit(&mut entry);
-        journal::decode(&entry).unwrap().lanes.pop().map(|(_, delta)| delta)
+        // Named in every entry, so that each decodes on its own.
+        index.journal_number = None;
+        index.finish_commit(&mut entry, &mut 0);
+        journal::decode(&entry, true, &mut Vec::new()).unwrap().lanes.pop().map(|(_, delta)| delta)
     }
 
     fn stored(tally: &mut Tally, index: &mut LaneIndex) {

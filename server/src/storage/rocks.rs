@@ -240,11 +240,12 @@ impl RocksStore {
         let mut rewrite: Vec<Vec<u8>> = tallies.iter().filter(|(_, t)| t.count <= 0).map(|(k, _)| k.clone()).collect();
         let mut seq_high = self.meta_u64(SEQ_HIGH)?.unwrap_or(0);
         let mut journal_len = 0;
+        let mut names = Vec::new();
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_JOURNAL));
         iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            let entry =
-                journal::decode(value).ok_or_else(|| StorageError::Corrupt(format!("journal entry {key:?}")))?;
+            let entry = journal::decode(value, journal::numbers_lanes(key), &mut names)
+                .ok_or_else(|| StorageError::Corrupt(format!("journal entry {key:?}")))?;
             seq_high = seq_high.max(entry.seq_high);
             for (lane_key, delta) in entry.lanes {
                 tallies.entry(lane_key.clone()).or_default().absorb(&delta);
@@ -279,7 +280,8 @@ impl RocksStore {
             }
         }
         if journal_len > 0 {
-            batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(u64::MAX));
+            let (first, past_last) = journal::ALL_KEYS;
+            batch.delete_range_cf(self.cf(CF_JOURNAL), first, past_last);
             batch.put_cf(self.cf(CF_META), SEQ_HIGH, max_seq.to_be_bytes());
         }
         if !batch.is_empty() {
@@ -594,7 +596,7 @@ impl Store for RocksStore {
                     index.drop_records();
                 }
                 let held = index.body_bytes();
-                index.finish_commit(&mut entry);
+                index.finish_commit(&mut entry, &mut journal.numbered);
                 index.mark_dirty();
                 if index.is_empty() {
                     journal.emptied.push(Arc::clone(index.key()));
