@@ -65,6 +65,15 @@ pub fn push_lane(out: &mut Vec<u8>, number: u64, first_key: Option<&[u8]>, delta
     push_delta(out, delta);
 }
 
+/// Appends one lane's delta in the form before lanes were numbered (its
+/// key every time), for tests of how such entries are read.
+#[cfg(test)]
+pub fn push_named_lane(out: &mut Vec<u8>, key: &[u8], delta: &Tally) {
+    encode_varint(key.len() as u64, out);
+    out.extend_from_slice(key);
+    push_delta(out, delta);
+}
+
 fn push_delta(out: &mut Vec<u8>, delta: &Tally) {
     encode_varint(((delta.count << 1) ^ (delta.count >> 63)) as u64, out);
     for value in [delta.max_seq, delta.weight_seq, u64::from(delta.weight), delta.floor] {
@@ -249,9 +258,7 @@ mod tests {
         let mut entry = Vec::new();
         start_entry(&mut entry, 7);
         for key in [&b"lane-a"[..], b"lane-b"] {
-            encode_varint(key.len() as u64, &mut entry);
-            entry.extend_from_slice(key);
-            push_delta(&mut entry, &delta);
+            push_named_lane(&mut entry, key, &delta);
         }
         let expected =
             Entry { seq_high: 7, lanes: vec![(b"lane-a".to_vec(), delta.clone()), (b"lane-b".to_vec(), delta)] };

@@ -929,6 +929,47 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_of_the_form_before_numbered_lanes_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, first_id) = put(1, "a", 1);
+        {
+            let store = RocksStore::open(dir.path(), false).unwrap();
+            store.recover().unwrap();
+            commit(&store, vec![first, put(1, "a", 2).0, put(1, "b", 3).0]);
+            commit(&store, vec![put(1, "a", 4).0, put(1, "b", 5).0]);
+            commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 1, id: first_id }]);
+            // Rewrite the journal as a version before numbered lanes wrote it.
+            let family = store.cf(CF_JOURNAL);
+            let entries: Vec<(Box<[u8]>, Box<[u8]>)> =
+                store.db.iterator_cf(family, rocksdb::IteratorMode::Start).map(Result::unwrap).collect();
+            assert_eq!(entries.len(), 3);
+            let mut names = Vec::new();
+            let mut batch = WriteBatch::default();
+            for (n, (key, value)) in entries.iter().enumerate() {
+                assert!(journal::numbers_lanes(key));
+                let entry = journal::decode(value, true, &mut names).unwrap();
+                let mut old = Vec::new();
+                journal::start_entry(&mut old, entry.seq_high);
+                for (lane_key, delta) in &entry.lanes {
+                    journal::push_named_lane(&mut old, lane_key, delta);
+                }
+                batch.delete_cf(family, key);
+                batch.put_cf(family, (n as u64).to_be_bytes(), old);
+            }
+            store.db.write(batch).unwrap();
+        }
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        let rec = store.recover().unwrap();
+        assert_eq!(pending_by_key(&rec), vec![(1, "a".to_string(), 2), (1, "b".to_string(), 2)]);
+        assert_eq!(rec.max_seq, 5);
+        let mut out = Vec::new();
+        store.read_ready(1, &lane("a"), 0, 10, &mut out).unwrap();
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 4]);
+        let journal = store.db.iterator_cf(store.cf(CF_JOURNAL), rocksdb::IteratorMode::Start).count();
+        assert_eq!(journal, 0, "recovery ends with a checkpoint");
+    }
+
+    #[test]
     fn a_lane_reads_its_sealed_chunks_then_its_open_sequences() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), false).unwrap();
