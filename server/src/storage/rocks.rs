@@ -940,7 +940,7 @@ mod tests {
             commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 1, id: first_id }]);
             // Rewrite the journal as a version before numbered lanes wrote it.
             let family = store.cf(CF_JOURNAL);
-            let entries: Vec<(Box<[u8]>, Box<[u8]>)> =
+            let entries: Vec<_> =
                 store.db.iterator_cf(family, rocksdb::IteratorMode::Start).map(Result::unwrap).collect();
             assert_eq!(entries.len(), 3);
             let mut names = Vec::new();
