@@ -1,68 +1,181 @@
 //! Between Rust and Lua: the `msg` table a hook receives, and validation of
-//! what it returns. Returned tables are read raw (no metamethods run), so
-//! reading them runs no script code.
+//! what it returns.
+//!
+//! Both work on the Lua stack with Lua's C API. Through `mlua`'s API each
+//! header, each string and each returned field was a Lua reference of its
+//! own (a slot allocated and freed in mlua's reference thread), which came
+//! to a third of a realistic `on_enqueue` call (`benches/lua.rs`). Returned
+//! tables are read raw (no metamethods run), so reading them runs no script
+//! code, and reading raises no Lua error: it only walks tables with
+//! `lua_next` and reads values of the type it checked.
 
+use std::ffi::{c_int, CStr};
 use std::time::Duration;
 
-use mlua::{Lua, Table, Value};
+use mlua::ffi::{self, lua_State};
 
-use super::sandbox::Vm;
 use super::{EnqueueDecision, FailureDecision, ScriptHeaders, ScriptMessage, MAX_RETRY_DELAY};
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, MAX_WEIGHT};
 
-/// The parts of the `msg` table (built in Lua by the trampoline, see
-/// `sandbox.rs`): queue name, headers table, payload size and, for scripts
-/// that asked for it, the payload.
-pub(super) fn message_fields(
-    vm: &Vm,
-    lua: &Lua,
-    msg: &ScriptMessage<'_>,
-) -> mlua::Result<(mlua::String, Table, usize, Option<mlua::String>)> {
-    let headers = match msg.headers {
-        ScriptHeaders::Map(map) => {
-            lua.create_table_from(map.iter().map(|(name, value)| (name.as_str(), value.as_str())))
-        }
-        ScriptHeaders::Pairs(pairs) => lua.create_table_from(pairs.iter().copied()),
-    }?;
-    let payload = if vm.wants_payload() { Some(lua.create_string(msg.payload)?) } else { None };
-    Ok((vm.queue_name(lua, msg.queue)?, headers, msg.payload.len(), payload))
-}
+/// Stack slots [`push_message`] needs.
+pub(super) const MESSAGE_SLOTS: c_int = 4;
 
-/// `nil` (no changes) or a table with any of `fairness_key`, `weight` and
-/// `throttle_keys`; any other field is an error, so a misspelt field is
-/// reported rather than ignored.
-pub(super) fn enqueue_decision(value: Value) -> Result<EnqueueDecision, String> {
-    let table = match value {
-        Value::Nil => return Ok(EnqueueDecision::default()),
-        Value::Table(table) => table,
-        other => return Err(format!("expected a table or nil, got {}", type_name(&other))),
-    };
-    match valid_enqueue_fields(&table) {
-        Some(decision) => Ok(decision),
-        None => enqueue_entries(&table),
+/// Pushes the `msg` table of a call: queue name, headers table, payload size
+/// and, for scripts that asked for it, the payload.
+///
+/// # Safety
+/// `state` must have [`MESSAGE_SLOTS`] free stack slots, and no memory limit
+/// may be in force: an allocation then never raises a Lua error (mlua's
+/// allocator aborts the process if the system is out of memory), so nothing
+/// here unwinds past the caller's frames.
+pub(super) unsafe fn push_message(state: *mut lua_State, msg: &ScriptMessage<'_>, with_payload: bool) {
+    ffi::lua_createtable(state, 0, 4);
+    push_bytes(state, msg.queue.as_bytes());
+    set_field(state, c"queue");
+    match msg.headers {
+        ScriptHeaders::Map(map) => push_headers(state, map.len(), map.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
+        ScriptHeaders::Pairs(pairs) => push_headers(state, pairs.len(), pairs.iter().copied()),
+    }
+    set_field(state, c"headers");
+    ffi::lua_pushinteger(state, msg.payload.len().try_into().unwrap_or(ffi::lua_Integer::MAX));
+    set_field(state, c"payload_size");
+    if with_payload {
+        push_bytes(state, msg.payload);
+        set_field(state, c"payload");
     }
 }
 
-/// [`enqueue_decision`] of a table, from its entries in the table's order:
-/// the first invalid one is reported.
-pub(super) fn enqueue_entries(table: &Table) -> Result<EnqueueDecision, String> {
+/// A table of the headers; of repeated names the last counts.
+unsafe fn push_headers<'a>(state: *mut lua_State, len: usize, headers: impl Iterator<Item = (&'a str, &'a str)>) {
+    ffi::lua_createtable(state, 0, len.try_into().unwrap_or(c_int::MAX));
+    for (name, value) in headers {
+        push_bytes(state, name.as_bytes());
+        push_bytes(state, value.as_bytes());
+        ffi::lua_rawset(state, -3);
+    }
+}
+
+pub(super) unsafe fn push_bytes(state: *mut lua_State, bytes: &[u8]) {
+    ffi::lua_pushlstring(state, bytes.as_ptr().cast(), bytes.len());
+}
+
+/// Sets the value on top of the stack as `name` of the table below it (a
+/// fresh table without a metatable, so no metamethod runs).
+unsafe fn set_field(state: *mut lua_State, name: &CStr) {
+    ffi::lua_setfield(state, -2, name.as_ptr());
+}
+
+/// A value on the Lua stack, seen without converting it.
+#[derive(Clone, Copy)]
+enum Slot<'s> {
+    Nil,
+    Int(i64),
+    Num(f64),
+    Str(&'s [u8]),
+    /// A table, at this absolute stack index.
+    Table(c_int),
+    /// Any other type, by the name errors give it.
+    Other(&'static str),
+}
+
+/// The value at `index`.
+///
+/// # Safety
+/// `index` must be a valid stack index. A string's bytes stay valid while
+/// the string is reachable (on the stack or in a table on it) and nothing is
+/// allocated in Lua, which is how readers here use them.
+unsafe fn slot<'s>(state: *mut lua_State, index: c_int) -> Slot<'s> {
+    match ffi::lua_type(state, index) {
+        ffi::LUA_TNIL | ffi::LUA_TNONE => Slot::Nil,
+        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, index) != 0 => {
+            Slot::Int(ffi::lua_tointegerx(state, index, std::ptr::null_mut()))
+        }
+        ffi::LUA_TNUMBER => Slot::Num(ffi::lua_tonumberx(state, index, std::ptr::null_mut())),
+        ffi::LUA_TSTRING => {
+            // Only ever called on a string: `lua_tolstring` would convert a
+            // number in place (and confuse `lua_next` on a key).
+            let mut len = 0;
+            let bytes = ffi::lua_tolstring(state, index, &mut len);
+            Slot::Str(std::slice::from_raw_parts(bytes.cast(), len))
+        }
+        ffi::LUA_TTABLE => Slot::Table(ffi::lua_absindex(state, index)),
+        ffi::LUA_TBOOLEAN => Slot::Other("a boolean"),
+        ffi::LUA_TFUNCTION => Slot::Other("a function"),
+        _ => Slot::Other("a value of another type"),
+    }
+}
+
+fn type_name(value: Slot<'_>) -> &'static str {
+    match value {
+        Slot::Int(_) | Slot::Num(_) => "a number",
+        Slot::Str(_) => "a string",
+        Slot::Table(_) => "a table",
+        Slot::Nil => "nil",
+        Slot::Other(name) => name,
+    }
+}
+
+/// Calls `f` on each of the first `limit` entries of the table at `table`
+/// (an absolute index), read raw in the table's order, until it answers an
+/// error. Leaves the stack as it found it.
+///
+/// # Safety
+/// `table` must hold a table, and two stack slots must be free.
+unsafe fn for_entries<'s>(
+    state: *mut lua_State,
+    table: c_int,
+    limit: usize,
+    mut f: impl FnMut(Slot<'s>, Slot<'s>) -> Result<(), String>,
+) -> Result<(), String> {
+    let top = ffi::lua_gettop(state);
+    ffi::lua_pushnil(state);
+    let mut seen = 0;
+    let mut result = Ok(());
+    while seen < limit && ffi::lua_next(state, table) != 0 {
+        seen += 1;
+        result = f(slot(state, -2), slot(state, -1));
+        if result.is_err() {
+            break;
+        }
+        ffi::lua_settop(state, -2);
+    }
+    ffi::lua_settop(state, top);
+    result
+}
+
+/// Stack slots the readers need beyond the returned value: two per table
+/// walked (its key and value), with `throttle_keys` walked inside the
+/// returned table.
+pub(super) const READ_SLOTS: c_int = 4;
+
+/// `on_enqueue`'s result at `index`: `nil` (no changes) or a table with any
+/// of `fairness_key`, `weight` and `throttle_keys`. Any other field is an
+/// error, so a misspelt field is reported rather than ignored; of several
+/// invalid entries the first in the table's order is reported.
+///
+/// # Safety
+/// `index` must be a valid stack index and [`READ_SLOTS`] slots free.
+pub(super) unsafe fn enqueue_decision(state: *mut lua_State, index: c_int) -> Result<EnqueueDecision, String> {
+    let table = match slot(state, index) {
+        Slot::Nil => return Ok(EnqueueDecision::default()),
+        Slot::Table(table) => table,
+        other => return Err(format!("expected a table or nil, got {}", type_name(other))),
+    };
     let mut decision = EnqueueDecision::default();
     // Four entries are enough to find one that is not a field.
-    for_entries(table, 4, |key, value| {
-        // Names are compared as bytes and turned into text only for an
-        // error message (this runs for every message).
-        match &*field_name(&key)?.as_bytes() {
+    for_entries(state, table, 4, |key, value| {
+        match field_name(key)? {
             b"fairness_key" => {
                 decision.fairness_key = Some(key_string(Field::Named("fairness_key"), value, MAX_FAIRNESS_KEY_BYTES)?)
             }
             b"weight" => {
-                let weight = integer("weight", &value)?;
+                let weight = integer("weight", value)?;
                 if !(1..=i64::from(MAX_WEIGHT)).contains(&weight) {
                     return Err(format!("weight {weight} is out of range; use 1 to {MAX_WEIGHT}"));
                 }
                 decision.weight = Some(weight as u32);
             }
-            b"throttle_keys" => decision.throttle_keys = Some(throttle_keys(value)?),
+            b"throttle_keys" => decision.throttle_keys = Some(throttle_keys(state, value)?),
             other => {
                 return Err(format!(
                     "unknown field '{}'; on_enqueue may return fairness_key, weight and throttle_keys",
@@ -75,86 +188,26 @@ pub(super) fn enqueue_entries(table: &Table) -> Result<EnqueueDecision, String> 
     Ok(decision)
 }
 
-/// The decision for a table of only known fields, all valid, read by name:
-/// what reading its entries in order (as [`enqueue_entries`] does)
-/// gives, for less, as each entry read makes a Lua reference of its key
-/// (mlua allocates one and takes its lock twice). `None` for any other
-/// table, for the entries to tell what is wrong in the table's order.
-fn valid_enqueue_fields(table: &Table) -> Option<EnqueueDecision> {
-    let field = |name| table.raw_get::<Value>(name).ok();
-    let (fairness_key, weight, throttle_keys) = (field("fairness_key")?, field("weight")?, field("throttle_keys")?);
-    let present = [&fairness_key, &weight, &throttle_keys].into_iter().filter(|v| !v.is_nil()).count();
-    if entry_count(table, present + 1)? != present {
-        return None;
-    }
-    let fairness_key = match fairness_key {
-        Value::Nil => None,
-        key => Some(key_string(Field::Named("fairness_key"), key, MAX_FAIRNESS_KEY_BYTES).ok()?),
+/// `on_failure`'s result at `index`: `nil` (apply the queue's default
+/// policy), `{ action = "retry", delay_ms = N }` or `{ action = "dlq" }`.
+///
+/// # Safety
+/// As for [`enqueue_decision`].
+pub(super) unsafe fn failure_decision(state: *mut lua_State, index: c_int) -> Result<Option<FailureDecision>, String> {
+    let table = match slot(state, index) {
+        Slot::Nil => return Ok(None),
+        Slot::Table(table) => table,
+        other => return Err(format!("expected a table or nil, got {}", type_name(other))),
     };
-    let weight = match weight {
-        Value::Nil => None,
-        weight => {
-            let weight = integer("weight", &weight).ok()?;
-            Some(u32::try_from(weight).ok().filter(|w| (1..=MAX_WEIGHT).contains(w))?)
-        }
-    };
-    let throttle_keys = match throttle_keys {
-        Value::Nil => None,
-        keys => Some(self::throttle_keys(keys).ok()?),
-    };
-    Some(EnqueueDecision { fairness_key, weight, throttle_keys })
-}
-
-/// How many entries a table has, counting to `limit` at most. (Read as
-/// booleans, which makes no Lua reference of them.)
-fn entry_count(table: &Table, limit: usize) -> Option<usize> {
-    let mut count = 0;
-    let result = table.for_each(|_: bool, _: bool| {
-        if count == limit {
-            return Err(mlua::Error::runtime("enough entries"));
-        }
-        count += 1;
-        Ok(())
-    });
-    (result.is_ok() || count == limit).then_some(count)
-}
-
-/// `nil` (apply the queue's default policy), `{ action = "retry", delay_ms = N }`
-/// or `{ action = "dlq" }`.
-pub(super) fn failure_decision(value: Value) -> Result<Option<FailureDecision>, String> {
-    let table = match value {
-        Value::Nil => return Ok(None),
-        Value::Table(table) => table,
-        other => return Err(format!("expected a table or nil, got {}", type_name(&other))),
-    };
-    // As for on_enqueue (see `valid_enqueue_fields`): an action (a string)
-    // and a delay (an integer) alone are read by name. Their values are
-    // checked after the entries in any case, so these checks tell the same.
-    let field = |name| table.raw_get::<Value>(name).ok();
-    if let (Some(Value::String(action)), Some(delay_ms)) = (field("action"), field("delay_ms")) {
-        let delay_ms = match delay_ms {
-            Value::Nil => Some(None),
-            delay_ms => integer("delay_ms", &delay_ms).ok().map(Some),
-        };
-        let present = 1 + usize::from(delay_ms != Some(None));
-        if let Some(delay_ms) = delay_ms.filter(|_| entry_count(&table, present + 1) == Some(present)) {
-            return failure_action(Some(&action.as_bytes()), delay_ms);
-        }
-    }
-    failure_entries(&table)
-}
-
-/// [`failure_decision`] of a table, from its entries in the table's order.
-pub(super) fn failure_entries(table: &Table) -> Result<Option<FailureDecision>, String> {
     let mut action = None;
     let mut delay_ms = None;
-    for_entries(table, 3, |key, value| {
-        match &*field_name(&key)?.as_bytes() {
+    for_entries(state, table, 3, |key, value| {
+        match field_name(key)? {
             b"action" => match value {
-                Value::String(s) => action = Some(s),
-                other => return Err(format!("action must be \"retry\" or \"dlq\", got {}", type_name(&other))),
+                Slot::Str(s) => action = Some(s),
+                other => return Err(format!("action must be \"retry\" or \"dlq\", got {}", type_name(other))),
             },
-            b"delay_ms" => delay_ms = Some(integer("delay_ms", &value)?),
+            b"delay_ms" => delay_ms = Some(integer("delay_ms", value)?),
             other => {
                 return Err(format!(
                     "unknown field '{}'; on_failure may return action and delay_ms",
@@ -164,8 +217,7 @@ pub(super) fn failure_entries(table: &Table) -> Result<Option<FailureDecision>, 
         }
         Ok(())
     })?;
-    let action = action.as_ref().map(|s| s.as_bytes());
-    failure_action(action.as_deref(), delay_ms)
+    failure_action(action, delay_ms)
 }
 
 /// The decision for a table's `action` and `delay_ms`, each of the right
@@ -190,20 +242,22 @@ fn failure_action(action: Option<&[u8]>, delay_ms: Option<i64>) -> Result<Option
     }
 }
 
-fn field_name(key: &Value) -> Result<&mlua::String, String> {
+/// A field's name, compared as bytes (and turned into text only for an
+/// error message).
+fn field_name(key: Slot<'_>) -> Result<&[u8], String> {
     match key {
-        Value::String(s) => Ok(s),
+        Slot::Str(name) => Ok(name),
         other => Err(format!("expected a table of named fields, found {} key", type_name(other))),
     }
 }
 
 /// An integer, or a float with an integral value (`10 / 2` is the float 5.0
 /// in Lua 5.4).
-fn integer(field: &str, value: &Value) -> Result<i64, String> {
+fn integer(field: &str, value: Slot<'_>) -> Result<i64, String> {
     match value {
-        Value::Integer(i) => Ok(*i),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Ok(*n as i64),
-        Value::Number(n) => Err(format!("{field} must be an integer, got {n}")),
+        Slot::Int(i) => Ok(i),
+        Slot::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Ok(n as i64),
+        Slot::Num(n) => Err(format!("{field} must be an integer, got {n}")),
         other => Err(format!("{field} must be an integer, got {}", type_name(other))),
     }
 }
@@ -225,32 +279,44 @@ impl std::fmt::Display for Field {
 }
 
 /// A UTF-8 string of 1 to `max` bytes.
-fn key_string(field: Field, value: Value, max: usize) -> Result<String, String> {
-    let Value::String(s) = value else {
-        return Err(format!("{field} must be a string, got {}", type_name(&value)));
+fn key_string(field: Field, value: Slot<'_>, max: usize) -> Result<String, String> {
+    let Slot::Str(bytes) = value else {
+        return Err(format!("{field} must be a string, got {}", type_name(value)));
     };
-    let s = s.to_str().map_err(|_| format!("{field} must be valid UTF-8"))?.to_owned();
+    let s = std::str::from_utf8(bytes).map_err(|_| format!("{field} must be valid UTF-8"))?;
     if s.is_empty() || s.len() > max {
         return Err(format!("{field} must be 1 to {max} bytes long, got {} bytes", s.len()));
     }
-    Ok(s)
+    Ok(s.to_owned())
 }
 
 /// A sequence `{ "a", "b" }` of at most `MAX_THROTTLE_KEYS` keys.
-fn throttle_keys(value: Value) -> Result<Vec<String>, String> {
-    let Value::Table(table) = value else {
-        return Err(format!("throttle_keys must be an array of strings, got {}", type_name(&value)));
+///
+/// # Safety
+/// Two stack slots must be free.
+unsafe fn throttle_keys(state: *mut lua_State, value: Slot<'_>) -> Result<Vec<String>, String> {
+    let Slot::Table(table) = value else {
+        return Err(format!("throttle_keys must be an array of strings, got {}", type_name(value)));
     };
-    let mut entries = entries(&table, MAX_THROTTLE_KEYS + 1)?;
-    if entries.len() > MAX_THROTTLE_KEYS {
+    // Enough entries to tell that there are too many: a huge table costs no
+    // more than a small one. The strings stay in the table, which is on the
+    // stack, and nothing is allocated in Lua meanwhile.
+    let mut indexed: Vec<(i64, Slot<'_>)> = Vec::with_capacity(4);
+    for_entries(state, table, MAX_THROTTLE_KEYS + 1, |index, value| {
+        indexed.push((
+            match index {
+                Slot::Int(i) => i,
+                _ => 0,
+            },
+            value,
+        ));
+        Ok(())
+    })?;
+    if indexed.len() > MAX_THROTTLE_KEYS {
         return Err(format!("throttle_keys has more than {MAX_THROTTLE_KEYS} keys"));
     }
-    let mut indexed = Vec::with_capacity(entries.len());
-    for (index, value) in entries.drain(..) {
-        match index {
-            Value::Integer(i) if i >= 1 => indexed.push((i, value)),
-            _ => return Err("throttle_keys must be an array (a sequence t[1], t[2], ...) of strings".to_owned()),
-        }
+    if indexed.iter().any(|&(index, _)| index < 1) {
+        return Err("throttle_keys must be an array (a sequence t[1], t[2], ...) of strings".to_owned());
     }
     // Lua lists a sequence's array part in order; sort only if it did not.
     if !indexed.is_sorted_by_key(|(i, _)| *i) {
@@ -264,62 +330,4 @@ fn throttle_keys(value: Value) -> Result<Vec<String>, String> {
         keys.push(key_string(Field::ThrottleKey(index), value, MAX_THROTTLE_KEY_BYTES)?);
     }
     Ok(keys)
-}
-
-/// Calls `f` on each of the first `limit` of a table's entries, read raw,
-/// until it answers an error: as iterating over [`entries`], without
-/// collecting them first.
-fn for_entries(
-    table: &Table,
-    limit: usize,
-    mut f: impl FnMut(Value, Value) -> Result<(), String>,
-) -> Result<(), String> {
-    let mut seen = 0;
-    let mut failed = None;
-    let result = table.for_each(|key: Value, value: Value| {
-        if seen == limit {
-            return Err(mlua::Error::runtime("enough entries"));
-        }
-        seen += 1;
-        f(key, value).map_err(|message| {
-            failed = Some(message);
-            mlua::Error::runtime("invalid entry")
-        })
-    });
-    match (failed, result) {
-        (Some(message), _) => Err(message),
-        (None, Err(_)) if seen == limit => Ok(()),
-        (None, Err(e)) => Err(e.to_string()),
-        (None, Ok(())) => Ok(()),
-    }
-}
-
-/// Up to `limit` of a table's entries, read raw: enough to validate it, so a
-/// huge returned table costs no more than a small one.
-fn entries(table: &Table, limit: usize) -> Result<Vec<(Value, Value)>, String> {
-    let mut entries = Vec::with_capacity(limit.min(4));
-    let result = table.for_each(|key: Value, value: Value| {
-        if entries.len() == limit {
-            return Err(mlua::Error::runtime("enough entries"));
-        }
-        entries.push((key, value));
-        Ok(())
-    });
-    match result {
-        Err(_) if entries.len() == limit => Ok(entries),
-        Err(e) => Err(e.to_string()),
-        Ok(()) => Ok(entries),
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Integer(_) | Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Boolean(_) => "a boolean",
-        Value::Table(_) => "a table",
-        Value::Function(_) => "a function",
-        Value::Nil => "nil",
-        _ => "a value of another type",
-    }
 }

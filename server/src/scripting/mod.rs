@@ -329,17 +329,7 @@ pub fn test_on_failure(
 }
 
 fn run_on_enqueue(vm: &Vm, msg: &ScriptMessage<'_>, config: &dyn ConfigSource) -> Result<EnqueueDecision, ScriptError> {
-    vm.call(
-        config,
-        |lua, hook| {
-            let (queue, headers, size, payload) = convert::message_fields(vm, lua, msg)?;
-            Ok((hook.clone(), queue, headers, size, payload))
-        },
-        |value| {
-            convert::enqueue_decision(value)
-                .map_err(|message| ScriptError::BadReturn { hook: ScriptHook::OnEnqueue, message })
-        },
-    )
+    vm.call(config, msg, None, convert::enqueue_decision)
 }
 
 fn run_on_failure(
@@ -349,17 +339,7 @@ fn run_on_failure(
     error: &str,
     config: &dyn ConfigSource,
 ) -> Result<Option<FailureDecision>, ScriptError> {
-    vm.call(
-        config,
-        |lua, hook| {
-            let (queue, headers, size, payload) = convert::message_fields(vm, lua, msg)?;
-            Ok((hook.clone(), queue, headers, size, payload, attempts, error))
-        },
-        |value| {
-            convert::failure_decision(value)
-                .map_err(|message| ScriptError::BadReturn { hook: ScriptHook::OnFailure, message })
-        },
-    )
+    vm.call(config, msg, Some((attempts, error)), convert::failure_decision)
 }
 
 /// Applies the breaker around one call and counts its outcome.

@@ -5,17 +5,14 @@
 //! script does (globals, changes to `string` or `math`, memory it holds) is
 //! visible to any other script.
 
-use std::cell::RefCell;
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mlua::{
-    BString, ChunkMode, Function, HookTriggers, IntoLuaMulti, Lua, LuaOptions, StdLib, String as LuaString, Table,
-    Value, VmState,
-};
+use mlua::{ffi, BString, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::{json, patterns, ConfigSource, ScriptLimits};
+use super::{convert, json, patterns, ConfigSource, ScriptLimits, ScriptMessage};
 use crate::domain::{ScriptError, ScriptHook};
 
 /// The time budget is checked every this many VM instructions. A tight loop
@@ -202,20 +199,6 @@ end
 function fila.json_decode(text) return one(raw_json_decode(text)) end
 "##;
 
-/// Calls a hook with a `msg` table built in Lua from the fields the broker
-/// passes (building it here is faster than from Rust one field at a time).
-/// Kept by the VM's owner only; scripts cannot reach it.
-const ENQUEUE_TRAMPOLINE: &str = r#"
-return function(hook, queue, headers, payload_size, payload)
-  return hook({ queue = queue, headers = headers, payload_size = payload_size, payload = payload })
-end
-"#;
-const FAILURE_TRAMPOLINE: &str = r#"
-return function(hook, queue, headers, payload_size, payload, attempts, error)
-  return hook({ queue = queue, headers = headers, payload_size = payload_size, payload = payload }, attempts, error)
-end
-"#;
-
 /// The time budget of the call in progress, shared with the VM's
 /// instruction hook and the pattern functions.
 pub(super) struct Budget {
@@ -320,12 +303,6 @@ pub(super) struct Vm {
     config: Arc<CurrentConfig>,
     /// The script's hook function.
     function: Function,
-    /// Builds `msg` and calls `function` (see `ENQUEUE_TRAMPOLINE`).
-    trampoline: Function,
-    /// The last queue name passed, as a Lua string: a queue's hooks always
-    /// see the same name, and passing a string already in Lua costs less
-    /// than creating it on every call.
-    queue: RefCell<Option<(Box<str>, LuaString)>>,
     wants_payload: bool,
     limits: ScriptLimits,
 }
@@ -343,38 +320,24 @@ impl Vm {
         });
         let config = Arc::new(CurrentConfig::default());
         let lua = sandbox(&budget, &config, limits.memory_bytes).map_err(setup_failed)?;
-
-        let trampoline = match hook {
-            ScriptHook::OnEnqueue => ENQUEUE_TRAMPOLINE,
-            ScriptHook::OnFailure => FAILURE_TRAMPOLINE,
-        };
-        let trampoline: Function =
-            load_trusted(&lua, trampoline, "=fila").and_then(|chunk| chunk.call(())).map_err(setup_failed)?;
         lua.set_memory_limit(limits.memory_bytes).map_err(setup_failed)?;
 
-        let mut vm = Vm {
-            hook,
-            function: trampoline.clone(),
-            trampoline,
-            lua,
-            budget,
-            config,
-            queue: RefCell::new(None),
-            wants_payload: false,
-            limits: *limits,
-        };
         // Compile errors carry Lua's own text, e.g. `on_enqueue:3: '=' expected near 'x'`.
-        let chunk = vm
-            .lua
+        let chunk = lua
             .load(source)
             .set_name(format!("={hook}"))
             .set_mode(ChunkMode::Text)
             .into_function()
             .map_err(|e| ScriptError::Compile { hook, message: describe(&e) })?;
+        let mut vm = Vm { hook, function: chunk.clone(), lua, budget, config, wants_payload: false, limits: *limits };
         // Top-level code runs under the same budgets as a call; if it fails
         // the script is rejected.
-        vm.run(&super::NoConfig, |_, _| Ok(()), |()| chunk.call::<()>(()), Ok).map_err(|e| {
-            let message = match e {
+        let ran = {
+            let _unlimited = MemoryLimitLifted::new(&vm.lua, limits.memory_bytes);
+            vm.execute(|| chunk.call::<()>(())).and_then(|ran| ran)
+        };
+        ran.map_err(|e| {
+            let message = match vm.failure(e) {
                 ScriptError::Runtime { message, .. } => message,
                 ScriptError::Timeout { limit, .. } => {
                     format!("its top-level code ran longer than the limit of {limit:?}")
@@ -400,70 +363,99 @@ impl Vm {
         self.wants_payload
     }
 
-    /// `name` as a Lua string (see `Vm::queue`).
-    pub(super) fn queue_name(&self, lua: &Lua, name: &str) -> mlua::Result<LuaString> {
-        let mut cached = self.queue.borrow_mut();
-        if let Some((cached_name, string)) = cached.as_ref() {
-            if **cached_name == *name {
-                return Ok(string.clone());
-            }
-        }
-        let string = lua.create_string(name)?;
-        *cached = Some((name.into(), string.clone()));
-        Ok(string)
-    }
-
-    /// Calls the hook through its trampoline with the arguments `make_args`
-    /// builds (given the hook function, they are the trampoline's) and turns
-    /// its result into a decision with `convert`. Only the script's own
-    /// execution is subject to the budgets: building arguments and
-    /// converting the result are the broker's work, bounded by the message.
-    pub(super) fn call<A: IntoLuaMulti, R>(
+    /// Calls the hook with the `msg` table of `msg` (and, for `on_failure`,
+    /// the attempts and the error) and reads its result with `read`, which
+    /// answers a message for an invalid one. Only the script's own execution
+    /// is subject to the budgets: building `msg` and reading the result are
+    /// the broker's work, bounded by the message.
+    ///
+    /// All of it is one visit to the Lua stack: `msg` is built with Lua's C
+    /// API, the hook runs in a `lua_pcall`, and its result is read where it
+    /// is (see `convert.rs`).
+    pub(super) fn call<R>(
         &self,
         config: &dyn ConfigSource,
-        make_args: impl FnOnce(&Lua, &Function) -> mlua::Result<A>,
-        convert: impl FnOnce(Value) -> Result<R, ScriptError>,
+        msg: &ScriptMessage<'_>,
+        failure: Option<(u32, &str)>,
+        read: unsafe fn(*mut ffi::lua_State, c_int) -> Result<R, String>,
     ) -> Result<R, ScriptError> {
-        self.run(config, make_args, |args| self.trampoline.call::<Value>(args), convert)
-    }
-
-    fn run<A, T, R>(
-        &self,
-        config: &dyn ConfigSource,
-        make_args: impl FnOnce(&Lua, &Function) -> mlua::Result<A>,
-        call: impl FnOnce(A) -> mlua::Result<T>,
-        convert: impl FnOnce(T) -> Result<R, ScriptError>,
-    ) -> Result<R, ScriptError> {
-        let hook = self.hook;
-        // With a memory limit set, mlua makes every allocation a protected
-        // call (several times slower); the broker's own work in this
-        // function runs without it, and the script's execution with it.
-        let _unlimited = MemoryLimitLifted::new(&self.lua, self.limits.memory_bytes);
         // `fila.get` reads `config` during this call only: it is borrowed,
         // never kept.
         let _config = self.config.set(&config);
-        let result = (|| {
-            let args = make_args(&self.lua, &self.function)?;
-            self.lua.set_memory_limit(self.limits.memory_bytes)?;
-            self.budget.arm(self.limits.timeout);
-            let result = call(args);
-            self.budget.disarm();
-            self.lua.set_memory_limit(0)?;
-            result
-        })();
-        let value = result.map_err(|e| {
-            if self.budget.expired() {
-                ScriptError::Timeout { hook, limit: self.limits.timeout }
-            } else if is_memory_error(&e) {
-                // Free what the failed call left behind, so the next call
-                // starts from the script's steady state.
-                let _ = self.lua.gc_collect();
-                ScriptError::Memory { hook, limit: self.limits.memory_bytes }
-            } else {
-                ScriptError::Runtime { hook, message: describe(&e) }
+        let _unlimited = MemoryLimitLifted::new(&self.lua, self.limits.memory_bytes);
+        // SAFETY: the stack has room for everything pushed (checked first,
+        // without raising), and is left as it was found. Building `msg`
+        // raises no Lua error, as no memory limit is in force until
+        // `execute` (see `push_message`); the script runs in a protected
+        // call, and the readers raise none (see `convert.rs`).
+        let outcome = self.lua.exec_raw_lua(|raw| unsafe {
+            let state = raw.state();
+            let top = ffi::lua_gettop(state);
+            if ffi::lua_checkstack(state, 3 + convert::MESSAGE_SLOTS.max(convert::READ_SLOTS)) == 0 {
+                return Err(mlua::Error::MemoryError("not enough memory for the Lua stack".to_owned()));
             }
-        })?;
-        convert(value)
+            raw.push(&self.function)?;
+            convert::push_message(state, msg, self.wants_payload);
+            let mut args = 1;
+            if let Some((attempts, error)) = failure {
+                ffi::lua_pushinteger(state, attempts.into());
+                convert::push_bytes(state, error.as_bytes());
+                args = 3;
+            }
+            let outcome = match self.execute(|| ffi::lua_pcall(state, args, 1, 0)) {
+                Ok(ffi::LUA_OK) => Ok(read(state, -1)),
+                Ok(status) => {
+                    let error = match (status, raw.pop_value()) {
+                        (ffi::LUA_ERRMEM, _) => mlua::Error::MemoryError("not enough memory".to_owned()),
+                        (_, Value::Error(error)) => *error,
+                        (_, Value::String(message)) => mlua::Error::RuntimeError(message.to_string_lossy()),
+                        (_, Value::Integer(i)) => mlua::Error::RuntimeError(i.to_string()),
+                        (_, Value::Number(n)) => mlua::Error::RuntimeError(n.to_string()),
+                        // As Lua's own interpreter reports it.
+                        (_, other) => {
+                            mlua::Error::RuntimeError(format!("(error object is a {} value)", other.type_name()))
+                        }
+                    };
+                    Err(error)
+                }
+                Err(error) => Err(error),
+            };
+            ffi::lua_settop(state, top);
+            outcome
+        });
+        match outcome {
+            Ok(result) => result.map_err(|message| ScriptError::BadReturn { hook: self.hook, message }),
+            Err(error) => Err(self.failure(error)),
+        }
+    }
+
+    /// Runs `f`, the script's own execution, with the VM's memory limit in
+    /// force and the time budget armed. With a memory limit set, mlua makes
+    /// every allocation through its API a protected call (several times
+    /// slower), so the broker's own work around it runs without the limit
+    /// (see [`MemoryLimitLifted`]).
+    fn execute<T>(&self, f: impl FnOnce() -> T) -> mlua::Result<T> {
+        self.lua.set_memory_limit(self.limits.memory_bytes)?;
+        self.budget.arm(self.limits.timeout);
+        let result = f();
+        self.budget.disarm();
+        self.lua.set_memory_limit(0)?;
+        Ok(result)
+    }
+
+    /// What stopped a call (or the top-level code).
+    fn failure(&self, error: mlua::Error) -> ScriptError {
+        let hook = self.hook;
+        if self.budget.expired() {
+            ScriptError::Timeout { hook, limit: self.limits.timeout }
+        } else if is_memory_error(&error) {
+            // Free what the failed call left behind, so the next call
+            // starts from the script's steady state.
+            let _ = self.lua.gc_collect();
+            ScriptError::Memory { hook, limit: self.limits.memory_bytes }
+        } else {
+            ScriptError::Runtime { hook, message: describe(&error) }
+        }
     }
 
     #[cfg(test)]

@@ -1116,7 +1116,7 @@ mod returned_tables {
     use mlua::{Lua, Value};
     use proptest::prelude::*;
 
-    use super::super::convert;
+    use super::*;
 
     fn value() -> impl Strategy<Value = String> {
         let scalar = prop::sample::select(vec![
@@ -1168,35 +1168,120 @@ mod returned_tables {
         lua.load(format!("return {expression}")).eval().unwrap()
     }
 
+    /// The Lua stack's height in the VM (its current top).
+    fn stack_top(lua: &Lua) -> i32 {
+        lua.exec_raw_lua(|raw| unsafe { mlua::ffi::lua_gettop(raw.state()) })
+    }
+
+    /// A hook that returns the global `result`, set by each case.
+    fn returning_global(hook: ScriptHook) -> QueueScripts {
+        let source = format!("function {hook}() return result end");
+        match hook {
+            ScriptHook::OnEnqueue => QueueScripts::compile(Some(&source), None, ScriptLimits::default()),
+            ScriptHook::OnFailure => QueueScripts::compile(None, Some(&source), ScriptLimits::default()),
+        }
+        .unwrap()
+    }
+
+    fn vm(scripts: &QueueScripts, hook: ScriptHook) -> &Lua {
+        scripts.hook(hook).unwrap().vm.lua()
+    }
+
+    fn field(table: &Value, name: &str) -> Value {
+        match table {
+            Value::Table(t) => t.raw_get(name).unwrap(),
+            _ => Value::Nil,
+        }
+    }
+
+    fn string(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.to_str().unwrap().to_owned()),
+            _ => None,
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
-        /// Tables of known fields are read by name; the decision (or error)
-        /// is what reading the table's entries in order gives.
+        /// Whatever on_enqueue returns, the broker answers a decision or a
+        /// BadReturn, leaves the Lua stack as it was, and a decision holds
+        /// exactly the table's fields.
         #[test]
-        fn enqueue_fields_read_by_name_decide_as_the_entries(
-            expression in table(&["'fairness_key'", "'weight'", "'throttle_keys'", "'other'", "1"]),
+        fn returned_enqueue_tables_are_read_exactly(
+            expression in prop_oneof![
+                table(&["'fairness_key'", "'weight'", "'throttle_keys'", "'other'", "1"]),
+                value(),
+            ],
         ) {
-            let lua = Lua::new();
-            let Value::Table(table) = eval(&lua, &expression) else { unreachable!() };
-            prop_assert_eq!(
-                convert::enqueue_decision(Value::Table(table.clone())),
-                convert::enqueue_entries(&table),
-                "{}", expression
-            );
+            let mut scripts = returning_global(ScriptHook::OnEnqueue);
+            let lua = vm(&scripts, ScriptHook::OnEnqueue).clone();
+            let returned = eval(&lua, &expression);
+            lua.globals().set("result", returned.clone()).unwrap();
+            let top = stack_top(&lua);
+            let h = HashMap::new();
+            let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"" };
+            let result = scripts.on_enqueue(&msg, &NoConfig);
+            prop_assert_eq!(stack_top(&lua), top);
+            match result {
+                Ok(decision) => {
+                    let valid_key = |k: &String| (1..=256).contains(&k.len());
+                    prop_assert!(decision.fairness_key.iter().all(valid_key), "{}", expression);
+                    prop_assert!(decision.weight.iter().all(|w| (1..=1_000_000).contains(w)), "{}", expression);
+                    prop_assert!(
+                        decision.throttle_keys.iter().all(|keys| keys.len() <= 16 && keys.iter().all(valid_key)),
+                        "{}", expression
+                    );
+                    prop_assert_eq!(decision.fairness_key, string(&field(&returned, "fairness_key")), "{}", expression);
+                    let weight = match field(&returned, "weight") {
+                        Value::Integer(i) => Some(i as u32),
+                        Value::Number(n) => Some(n as u32),
+                        _ => None,
+                    };
+                    prop_assert_eq!(decision.weight, weight, "{}", expression);
+                    let keys = match field(&returned, "throttle_keys") {
+                        Value::Table(t) => Some(t.sequence_values::<Value>().map(|v| string(&v.unwrap()).unwrap()).collect()),
+                        _ => None,
+                    };
+                    prop_assert_eq!(decision.throttle_keys, keys, "{}", expression);
+                }
+                Err(ScriptError::BadReturn { .. }) => {}
+                Err(other) => prop_assert!(false, "{}: {:?}", expression, other),
+            }
         }
 
+        /// As above, for on_failure.
         #[test]
-        fn failure_fields_read_by_name_decide_as_the_entries(
-            expression in table(&["'action'", "'delay_ms'", "'other'", "1"]),
+        fn returned_failure_tables_are_read_exactly(
+            expression in prop_oneof![table(&["'action'", "'delay_ms'", "'other'", "1"]), value()],
         ) {
-            let lua = Lua::new();
-            let Value::Table(table) = eval(&lua, &expression) else { unreachable!() };
-            prop_assert_eq!(
-                convert::failure_decision(Value::Table(table.clone())),
-                convert::failure_entries(&table),
-                "{}", expression
-            );
+            let mut scripts = returning_global(ScriptHook::OnFailure);
+            let lua = vm(&scripts, ScriptHook::OnFailure).clone();
+            let returned = eval(&lua, &expression);
+            lua.globals().set("result", returned.clone()).unwrap();
+            let top = stack_top(&lua);
+            let h = HashMap::new();
+            let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"" };
+            let result = scripts.on_failure(&msg, 1, "boom", &NoConfig);
+            prop_assert_eq!(stack_top(&lua), top);
+            match result {
+                Ok(None) => prop_assert!(returned.is_nil(), "{}", expression),
+                Ok(Some(FailureDecision::DeadLetter)) => {
+                    prop_assert_eq!(string(&field(&returned, "action")), Some("dlq".to_owned()), "{}", expression);
+                    prop_assert!(field(&returned, "delay_ms").is_nil(), "{}", expression);
+                }
+                Ok(Some(FailureDecision::Retry { delay })) => {
+                    prop_assert_eq!(string(&field(&returned, "action")), Some("retry".to_owned()), "{}", expression);
+                    let delay_ms = match field(&returned, "delay_ms") {
+                        Value::Integer(i) => i as u128,
+                        Value::Number(n) => n as u128,
+                        other => return Err(TestCaseError::fail(format!("{expression}: delay_ms {other:?}"))),
+                    };
+                    prop_assert_eq!(delay.as_millis(), delay_ms, "{}", expression);
+                }
+                Err(ScriptError::BadReturn { .. }) => {}
+                Err(other) => prop_assert!(false, "{}: {:?}", expression, other),
+            }
         }
     }
 }
