@@ -138,18 +138,18 @@ impl Default for ScriptLimits {
 /// and borrowed only for its duration, so the broker can hand in the map it
 /// keeps up to date without sharing or locking it.
 pub trait ConfigSource {
-    fn get(&self, key: &str) -> Option<String>;
+    fn get(&self, key: &str) -> Option<&str>;
 }
 
 impl ConfigSource for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
+    fn get(&self, key: &str) -> Option<&str> {
+        HashMap::get(self, key).map(String::as_str)
     }
 }
 
 impl ConfigSource for BTreeMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        BTreeMap::get(self, key).cloned()
+    fn get(&self, key: &str) -> Option<&str> {
+        BTreeMap::get(self, key).map(String::as_str)
     }
 }
 
@@ -158,7 +158,7 @@ impl ConfigSource for BTreeMap<String, String> {
 pub struct NoConfig;
 
 impl ConfigSource for NoConfig {
-    fn get(&self, _key: &str) -> Option<String> {
+    fn get(&self, _key: &str) -> Option<&str> {
         None
     }
 }

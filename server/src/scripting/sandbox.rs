@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mlua::{ffi, BString, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use mlua::{ffi, ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::{convert, json, patterns, ConfigSource, ScriptLimits, ScriptMessage};
 use crate::domain::{ScriptError, ScriptHook};
@@ -66,11 +66,11 @@ pub(super) const GLOBALS: &[&str] = &[
     "fila",
 ];
 
-/// Runs once in every VM, before the script, with the Rust halves of
-/// `fila.get` and `fila.json_decode`, the budget's `expired` check and the
-/// pattern functions as arguments.
+/// Runs once in every VM, before the script, with `fila.get`, the Rust half
+/// of `fila.json_decode`, the budget's `expired` check and the pattern
+/// functions as arguments.
 const SETUP: &str = r##"
-local raw_get, bad_key, expired, raw_json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
+local get, expired, raw_json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
 local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
 local error, type, rawget = error, type, rawget
 
@@ -189,13 +189,8 @@ local function one(ok, value, level)
   if ok then return value end
   error(value, level)
 end
--- raw_get reads the configuration of the call in progress (see
--- CurrentConfig). It is given only strings, which it reads without making
--- a Lua reference of each; bad_key answers the error for any other key.
-function fila.get(key)
-  if type(key) == "string" then return (raw_get(key)) end
-  return one(bad_key(key))
-end
+-- Reads the configuration of the call in progress (see CurrentConfig).
+fila.get = get
 function fila.json_decode(text) return one(raw_json_decode(text)) end
 "##;
 
@@ -248,14 +243,14 @@ impl Budget {
 ///
 /// `fila.get` is one Lua function for the life of the VM; the
 /// `&dyn ConfigSource` of a call is borrowed for that call only, so what
-/// the function holds is the address of that borrow, which [`Vm::run`]
+/// the function holds is the address of that borrow, which [`Vm::call`]
 /// sets for exactly the duration of the call (`0` otherwise). This does
 /// what `Lua::scope` does, which creates a Lua function for the call and
 /// destroys it after: that (a userdata with a finalizer per call, then its
 /// finalization in the collector) cost a tenth of an `on_enqueue` call.
 #[derive(Default)]
 struct CurrentConfig {
-    /// The address of a `&dyn ConfigSource` in `Vm::run`'s frame, or 0.
+    /// The address of a `&dyn ConfigSource` in `Vm::call`'s frame, or 0.
     address: AtomicUsize,
 }
 
@@ -267,23 +262,57 @@ impl CurrentConfig {
         ConfigGuard(&self.address)
     }
 
-    /// `key`'s value in the configuration of the call in progress; `None`
-    /// outside a call (Lua code never runs outside one).
-    fn get(&self, key: &str) -> Option<String> {
+    /// Calls `f` with `key`'s value in the configuration of the call in
+    /// progress; `None` outside a call (Lua code never runs outside one).
+    fn with<R>(&self, key: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
         let address = self.address.load(Ordering::Relaxed);
         if address == 0 {
-            return None;
+            return f(None);
         }
         // SAFETY: a non-zero address was stored by `set` from a
         // `&&dyn ConfigSource` that lives at least as long as the guard
         // `set` returned, and the guard stores 0 when dropped (also when
-        // unwinding). `Vm::run` holds the guard around the Lua call, and
+        // unwinding). `Vm::call` holds the guard around the Lua call, and
         // this function runs only from `fila.get`, that is, from Lua code
-        // of that call, on the thread running it: only `Vm::run` calls into
-        // a VM's Lua, `Vm` is not `Sync` and its `Lua` is never shared.
+        // of that call, on the thread running it: only `Vm::call` calls
+        // into a VM's Lua, `Vm` is not `Sync` and its `Lua` is never shared.
         let config = unsafe { &*(address as *const &dyn ConfigSource) };
-        config.get(key)
+        f(config.get(key))
     }
+}
+
+/// `fila.get(key)`, a C function of Lua's API (its one upvalue: the VM's
+/// [`CurrentConfig`]). Through mlua, a Rust callback copied the key,
+/// answered an owned `String` and took mlua's callback machinery and a Lua
+/// wrapper for the error: a twentieth of a realistic `on_enqueue` call.
+/// Here the key is read where it lies and the value pushed from where the
+/// broker keeps it.
+///
+/// # Safety
+/// Called by Lua only, as the C closure [`sandbox`] makes. It may raise a
+/// Lua error (a key that is not a string; no memory for the value under
+/// the script's limit), which unwinds over this frame and `with`'s: they
+/// hold only references and integers, nothing that needs dropping.
+unsafe extern "C-unwind" fn config_get(state: *mut ffi::lua_State) -> c_int {
+    let current = &*(ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const CurrentConfig);
+    if ffi::lua_type(state, 1) != ffi::LUA_TSTRING {
+        // At the script's line, as Lua's own functions report a bad argument.
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushfstring(state, c"fila.get expects a string key, got %s".as_ptr(), ffi::luaL_typename(state, 1));
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state);
+    }
+    let mut len = 0;
+    let key = ffi::lua_tolstring(state, 1, &mut len);
+    // A key that is not UTF-8 names no configuration entry.
+    match std::str::from_utf8(std::slice::from_raw_parts(key.cast::<u8>(), len)) {
+        Ok(key) => current.with(key, |value| match value {
+            Some(value) => convert::push_bytes(state, value.as_bytes()),
+            None => ffi::lua_pushnil(state),
+        }),
+        Err(_) => ffi::lua_pushnil(state),
+    }
+    1
 }
 
 /// Clears [`CurrentConfig`] when dropped.
@@ -506,25 +535,24 @@ fn sandbox(budget: &Arc<Budget>, config: &Arc<CurrentConfig>, memory_limit: usiz
         globals.raw_set(name, Value::Nil)?;
     }
 
-    let current = Arc::clone(config);
-    let get = lua.create_function(move |_, key: BString| Ok(current.get(&String::from_utf8_lossy(&key))))?;
-    let bad_key = lua.create_function(|lua, key: Value| {
-        json::raise(lua, format!("fila.get expects a string key, got {}", key.type_name()))
-    })?;
+    // The Lua state owns a reference to the configuration slot, so the
+    // address `fila.get` holds is valid as long as the function can run.
+    let current: *const CurrentConfig = Arc::as_ptr(config);
+    lua.set_app_data(Arc::clone(config));
+    // SAFETY: pushes a light userdata and makes a C closure of it: the stack
+    // has room (exec_raw checks for 3 slots), and neither raises an error
+    // other than for memory, inside exec_raw's protected call.
+    let get: Function = unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_pushlightuserdata(state, current as *mut std::ffi::c_void);
+            ffi::lua_pushcclosure(state, config_get, 1);
+        })?
+    };
     let check = Arc::clone(budget);
     let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
     let [find, match_, gmatch, gsub] = patterns::functions(&lua, budget, memory_limit)?;
     let json_decode = lua.create_function(|lua, text: Value| json::decode(lua, text))?;
-    load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((
-        get,
-        bad_key,
-        expired,
-        json_decode,
-        find,
-        match_,
-        gmatch,
-        gsub,
-    ))?;
+    load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((get, expired, json_decode, find, match_, gmatch, gsub))?;
 
     let check = Arc::clone(budget);
     lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_CHECK_INSTRUCTIONS), move |_, _| check.check())?;
