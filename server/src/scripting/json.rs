@@ -5,142 +5,180 @@
 //! other numbers floats, `null` becomes `nil` (so a `null` inside an array
 //! leaves a hole in the sequence). Nesting deeper than 128 levels is an
 //! error. Invalid JSON raises a Lua error naming the line and column.
+//!
+//! The function is a C function of Lua's API ([`function`]): the text is
+//! parsed where it lies, whole, before anything is built in Lua (invalid
+//! JSON is found without touching the VM), then the value is built with
+//! Lua's C API. Through mlua, a Rust callback behind a Lua wrapper, the
+//! callback machinery alone took a tenth of a realistic `on_enqueue` call.
 
-use std::borrow::Cow;
-use std::cell::Cell;
-use std::fmt;
+use std::cell::UnsafeCell;
+use std::ffi::c_int;
+use std::fmt::{self, Write};
 
-use mlua::{ffi, Lua, Value};
+use mlua::{ffi, Function, Lua};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-/// What a helper answers its Lua wrapper (see `SETUP` in `sandbox.rs`):
-/// `true, value`, or `false, message, level` for the wrapper to raise with
-/// `error(message, level)` (a plain string at the script's line, as Lua's own
-/// functions do; an `Err` would reach the script as a userdata).
-pub(super) type Answer = (bool, Value, Option<u8>);
-
-pub(super) fn decode(lua: &Lua, text: Value) -> mlua::Result<Answer> {
-    let Value::String(text) = text else {
-        return raise(lua, format!("fila.json_decode expects a string, got {}", text.type_name()));
-    };
-    let bytes = text.as_bytes();
-    match parse(&bytes) {
-        Ok(doc) => Ok((true, build(lua, &doc)?, None)),
-        Err(message) => raise(lua, message),
+/// `fila.json_decode` for `lua`: a C closure whose upvalue is the VM's
+/// [`Scratch`], which the Lua state owns (as app data), so it lives as long
+/// as the function can run.
+pub(super) fn function(lua: &Lua) -> mlua::Result<Function> {
+    let scratch = Box::new(UnsafeCell::new(Scratch::default()));
+    let address = scratch.get();
+    lua.set_app_data(scratch);
+    // SAFETY: pushes a light userdata and makes a C closure of it: the stack
+    // has room (exec_raw checks for 3 slots), and neither raises an error
+    // other than for memory, inside exec_raw's protected call.
+    unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_pushlightuserdata(state, address.cast());
+            ffi::lua_pushcclosure(state, decode, 1);
+        })
     }
 }
 
-/// An error for the Lua wrapper to raise at the script's line.
-pub(super) fn raise(lua: &Lua, message: String) -> mlua::Result<Answer> {
-    Ok((false, Value::String(lua.create_string(message)?), Some(2)))
-}
-
-/// A parsed document.
-struct Doc<'de> {
-    /// Its values in document order, each array and object before what it
-    /// holds (with its count), so it is built from the front in one pass.
-    tape: Vec<Token<'de>>,
-    /// How deeply arrays and objects nest in it (0 for a scalar).
+/// What one VM's `fila.json_decode` reuses from call to call: the parsed
+/// document and the message of an invalid one. Kept outside the call's
+/// frame because building the value in Lua may raise a memory error, which
+/// unwinds over the frame without dropping what it owns.
+#[derive(Default)]
+struct Scratch {
+    /// The document's values in document order, each array and object
+    /// before what it holds (with its count), so it is built from the front
+    /// in one pass.
+    tape: Vec<Token>,
+    /// The strings that had escapes, unescaped, one after another.
+    unescaped: String,
+    /// How deeply arrays and objects nest in the document (0 for a scalar).
     depth: usize,
+    /// Why the last invalid document is invalid.
+    message: String,
 }
 
-/// One value of a [`Doc`].
-enum Token<'de> {
+/// One value of a document.
+enum Token {
     Nil,
     Bool(bool),
     Int(i64),
     Num(f64),
-    /// A string, borrowed from the text unless it had escapes.
-    Str(Cow<'de, str>),
+    Str(Span),
     /// An array of this many values (the tokens of each follow).
     Array(usize),
     /// An object of this many fields (each a `Str` key, then its value).
     Object(usize),
 }
 
-/// Parses `text` whole before anything is built in Lua: invalid JSON is
-/// found without touching the VM. Nesting is limited to 128 levels
-/// (serde_json's recursion limit).
-fn parse(text: &[u8]) -> Result<Doc<'_>, String> {
-    let mut doc = Doc { tape: Vec::with_capacity(16), depth: 0 };
-    let mut parser = serde_json::Deserializer::from_slice(text);
-    Parse { doc: &mut doc, depth: 0 }
-        .deserialize(&mut parser)
-        .and_then(|()| parser.end())
-        .map_err(|e| format!("fila.json_decode: invalid JSON: {e}"))?;
-    Ok(doc)
+/// Where a string's bytes are.
+#[derive(Clone, Copy)]
+enum Span {
+    /// In the text, from this offset, this long.
+    Text(usize, usize),
+    /// In [`Scratch::unescaped`], from this offset, this long.
+    Unescaped(usize, usize),
 }
 
-/// Builds the Lua value of `tape` with Lua's C API, inside one protected
-/// call.
+/// `fila.json_decode(text)`.
 ///
-/// Through `mlua`'s API each table and each string is a call of its own,
-/// protected against Lua errors (a memory error, with the script's limit in
-/// force), and a Lua reference per value: that came to three quarters of
-/// `fila.json_decode`'s cost for a small document. Here the whole value is
-/// built in one `exec_raw` (itself a protected call), with the memory limit
-/// in force for every allocation.
-fn build(lua: &Lua, doc: &Doc<'_>) -> mlua::Result<Value> {
+/// # Safety
+/// Called by Lua only, as the C closure [`function`] makes. It raises Lua
+/// errors (a text that is not a string or not JSON; no memory, under the
+/// script's limit, for the value), which unwind over this frame: it holds
+/// only references, integers and spans, nothing that needs dropping. The
+/// scratch is used by one call at a time: building runs no Lua code.
+unsafe extern "C-unwind" fn decode(state: *mut ffi::lua_State) -> c_int {
+    let scratch = &mut *(ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *mut Scratch);
+    if ffi::lua_type(state, 1) != ffi::LUA_TSTRING {
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushfstring(
+            state,
+            c"fila.json_decode expects a string, got %s".as_ptr(),
+            ffi::luaL_typename(state, 1),
+        );
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state);
+    }
+    let mut len = 0;
+    let text = ffi::lua_tolstring(state, 1, &mut len);
+    let text = std::slice::from_raw_parts(text.cast::<u8>(), len);
+    if !scratch.parse(text) {
+        // At the script's line, as Lua's own functions report errors.
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushlstring(state, scratch.message.as_ptr().cast(), scratch.message.len());
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state);
+    }
     // Two stack slots per open array or object (the table, then a key) and
     // one for the value being added; at most 257 (nesting is limited).
-    let slots = i32::try_from(2 * doc.depth + 1).unwrap_or(i32::MAX);
-    let tape = &doc.tape[..];
-    let had_stack = Cell::new(true);
-    // SAFETY: the closure runs inside a protected call (`exec_raw`), so a
-    // Lua error raised by the C API (only a memory error: table and string
-    // allocation) unwinds to it, skipping the closure's frames and `push`'s.
-    // Those frames own nothing that needs dropping (references, integers and
-    // a `Cell`), which is the condition for leaving Rust frames that way
-    // (mlua builds its own protected calls on the same condition). The stack
-    // has room for every value pushed: `lua_checkstack` (which does not
-    // raise) reserves the slots counted above, and nothing is pushed if it
-    // cannot. Strings are pushed with their length, so they may hold zeros.
-    let value: Value = unsafe {
-        lua.exec_raw((), |state| {
-            if ffi::lua_checkstack(state, slots) == 0 {
-                had_stack.set(false);
-                return;
-            }
-            let mut at = 0;
-            push(state, tape, &mut at);
-        })?
-    };
-    if !had_stack.get() {
-        return Err(mlua::Error::MemoryError("not enough memory for the Lua stack".to_owned()));
+    if ffi::lua_checkstack(state, 2 * scratch.depth as c_int + 1) == 0 {
+        ffi::lua_pushstring(state, c"not enough memory for the Lua stack".as_ptr());
+        ffi::lua_error(state);
     }
-    Ok(value)
+    let mut at = 0;
+    push(state, scratch, text, &mut at);
+    1
+}
+
+impl Scratch {
+    /// Parses `text` into the tape; `false` (with the message set) if it is
+    /// not JSON. Nesting is limited to 128 levels (serde_json's recursion
+    /// limit).
+    fn parse(&mut self, text: &[u8]) -> bool {
+        self.tape.clear();
+        self.unescaped.clear();
+        self.depth = 0;
+        let mut parser = serde_json::Deserializer::from_slice(text);
+        let parsed = Parse { scratch: self, text: text.as_ptr() as usize, depth: 0 }
+            .deserialize(&mut parser)
+            .and_then(|()| parser.end());
+        match parsed {
+            Ok(()) => true,
+            Err(e) => {
+                self.message.clear();
+                let _ = write!(self.message, "fila.json_decode: invalid JSON: {e}");
+                false
+            }
+        }
+    }
+
+    fn bytes<'a>(&'a self, text: &'a [u8], span: Span) -> &'a [u8] {
+        match span {
+            Span::Text(start, len) => &text[start..start + len],
+            Span::Unescaped(start, len) => &self.unescaped.as_bytes()[start..start + len],
+        }
+    }
 }
 
 /// Pushes the value starting at `tape[*at]` and moves `at` past it.
 ///
 /// # Safety
 /// `state` must have a free stack slot per value pushed at once (see
-/// [`build`]), and the caller must be running in a protected call whose
-/// frames up to it own nothing that needs dropping.
-unsafe fn push(state: *mut ffi::lua_State, tape: &[Token<'_>], at: &mut usize) {
-    let token = &tape[*at];
+/// [`decode`]), and the caller's frames up to the protected call must own
+/// nothing that needs dropping (a memory error unwinds over them).
+unsafe fn push(state: *mut ffi::lua_State, scratch: &Scratch, text: &[u8], at: &mut usize) {
+    let token = &scratch.tape[*at];
     *at += 1;
-    match token {
+    match *token {
         Token::Nil => ffi::lua_pushnil(state),
-        Token::Bool(b) => ffi::lua_pushboolean(state, i32::from(*b)),
-        Token::Int(i) => ffi::lua_pushinteger(state, *i),
-        Token::Num(n) => ffi::lua_pushnumber(state, *n),
-        Token::Str(s) => {
-            ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
+        Token::Bool(b) => ffi::lua_pushboolean(state, i32::from(b)),
+        Token::Int(i) => ffi::lua_pushinteger(state, i),
+        Token::Num(n) => ffi::lua_pushnumber(state, n),
+        Token::Str(span) => {
+            let bytes = scratch.bytes(text, span);
+            ffi::lua_pushlstring(state, bytes.as_ptr().cast(), bytes.len());
         }
         Token::Array(len) => {
-            ffi::lua_createtable(state, (*len).try_into().unwrap_or(i32::MAX), 0);
-            for i in 1..=*len {
-                push(state, tape, at);
+            ffi::lua_createtable(state, len.try_into().unwrap_or(i32::MAX), 0);
+            for i in 1..=len {
+                push(state, scratch, text, at);
                 // A `nil` (JSON null) leaves a hole: Lua stores nothing.
                 ffi::lua_rawseti(state, -2, i as ffi::lua_Integer);
             }
         }
         Token::Object(len) => {
-            ffi::lua_createtable(state, 0, (*len).try_into().unwrap_or(i32::MAX));
-            for _ in 0..*len {
-                push(state, tape, at);
-                push(state, tape, at);
+            ffi::lua_createtable(state, 0, len.try_into().unwrap_or(i32::MAX));
+            for _ in 0..len {
+                push(state, scratch, text, at);
+                push(state, scratch, text, at);
                 // In document order, so of repeated keys the last wins; a
                 // `nil` value sets nothing.
                 ffi::lua_rawset(state, -3);
@@ -150,15 +188,17 @@ unsafe fn push(state: *mut ffi::lua_State, tape: &[Token<'_>], at: &mut usize) {
 }
 
 /// Appends one value (and what it contains), at `depth` in the document, to
-/// the document's tape.
-struct Parse<'t, 'de> {
-    doc: &'t mut Doc<'de>,
+/// the tape.
+struct Parse<'s> {
+    scratch: &'s mut Scratch,
+    /// The address of the text, to find a borrowed string's offset in it.
+    text: usize,
     depth: usize,
 }
 
-impl<'de> Parse<'_, 'de> {
-    fn push(self, token: Token<'de>) {
-        self.doc.tape.push(token);
+impl Parse<'_> {
+    fn push(self, token: Token) {
+        self.scratch.tape.push(token);
     }
 
     /// Appends an array or an object: `make(0)` in its place, then what
@@ -166,20 +206,32 @@ impl<'de> Parse<'_, 'de> {
     /// fields), then `make` of that count in the first place.
     fn container<E>(
         self,
-        make: fn(usize) -> Token<'de>,
-        items: impl FnOnce(&mut Doc<'de>, usize) -> Result<usize, E>,
+        make: fn(usize) -> Token,
+        items: impl FnOnce(&mut Scratch, usize) -> Result<usize, E>,
     ) -> Result<(), E> {
-        let (doc, depth) = (self.doc, self.depth + 1);
-        doc.depth = doc.depth.max(depth);
-        let start = doc.tape.len();
-        doc.tape.push(make(0));
-        let len = items(&mut *doc, depth)?;
-        doc.tape[start] = make(len);
+        let (scratch, depth) = (self.scratch, self.depth + 1);
+        scratch.depth = scratch.depth.max(depth);
+        let start = scratch.tape.len();
+        scratch.tape.push(make(0));
+        let len = items(&mut *scratch, depth)?;
+        scratch.tape[start] = make(len);
         Ok(())
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Parse<'_, 'de> {
+/// A string's span: in the text if serde_json could borrow it from there,
+/// else appended to the unescaped strings.
+fn span(unescaped: &mut String, text: usize, s: &str, borrowed: bool) -> Span {
+    if borrowed {
+        Span::Text(s.as_ptr() as usize - text, s.len())
+    } else {
+        let start = unescaped.len();
+        unescaped.push_str(s);
+        Span::Unescaped(start, s.len())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Parse<'_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -187,7 +239,7 @@ impl<'de> DeserializeSeed<'de> for Parse<'_, 'de> {
     }
 }
 
-impl<'de> Visitor<'de> for Parse<'_, 'de> {
+impl<'de> Visitor<'de> for Parse<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -219,17 +271,14 @@ impl<'de> Visitor<'de> for Parse<'_, 'de> {
     }
 
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<(), E> {
-        self.push(Token::Str(Cow::Borrowed(s)));
+        let span = span(&mut self.scratch.unescaped, self.text, s, true);
+        self.push(Token::Str(span));
         Ok(())
     }
 
     fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        self.push(Token::Str(Cow::Owned(s.to_owned())));
-        Ok(())
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<(), E> {
-        self.push(Token::Str(Cow::Owned(s)));
+        let span = span(&mut self.scratch.unescaped, self.text, s, false);
+        self.push(Token::Str(span));
         Ok(())
     }
 
@@ -244,9 +293,10 @@ impl<'de> Visitor<'de> for Parse<'_, 'de> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.container(Token::Array, |doc, depth| {
+        let text = self.text;
+        self.container(Token::Array, |scratch, depth| {
             let mut len = 0;
-            while seq.next_element_seed(Parse { doc: &mut *doc, depth })?.is_some() {
+            while seq.next_element_seed(Parse { scratch: &mut *scratch, text, depth })?.is_some() {
                 len += 1;
             }
             Ok(len)
@@ -254,11 +304,12 @@ impl<'de> Visitor<'de> for Parse<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.container(Token::Object, |doc, depth| {
+        let text = self.text;
+        self.container(Token::Object, |scratch, depth| {
             let mut len = 0;
-            while let Some(key) = map.next_key_seed(Key)? {
-                doc.tape.push(Token::Str(key));
-                map.next_value_seed(Parse { doc: &mut *doc, depth })?;
+            while let Some(key) = map.next_key_seed(Key { unescaped: &mut scratch.unescaped, text })? {
+                scratch.tape.push(Token::Str(key));
+                map.next_value_seed(Parse { scratch: &mut *scratch, text, depth })?;
                 len += 1;
             }
             Ok(len)
@@ -266,33 +317,32 @@ impl<'de> Visitor<'de> for Parse<'_, 'de> {
     }
 }
 
-/// An object's key, borrowed from the text unless it had escapes.
-struct Key;
+/// An object's key: its span.
+struct Key<'s> {
+    unescaped: &'s mut String,
+    text: usize,
+}
 
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Span;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Span, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = Span;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a string key")
     }
 
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(s))
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Span, E> {
+        Ok(span(self.unescaped, self.text, s, true))
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(s.to_owned()))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(s))
+    fn visit_str<E>(self, s: &str) -> Result<Span, E> {
+        Ok(span(self.unescaped, self.text, s, false))
     }
 }

@@ -66,11 +66,11 @@ pub(super) const GLOBALS: &[&str] = &[
     "fila",
 ];
 
-/// Runs once in every VM, before the script, with `fila.get`, the Rust half
-/// of `fila.json_decode`, the budget's `expired` check and the pattern
+/// Runs once in every VM, before the script, with `fila.get`,
+/// `fila.json_decode`, the budget's `expired` check and the pattern
 /// functions as arguments.
 const SETUP: &str = r##"
-local get, expired, raw_json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
+local get, expired, json_decode, raw_find, raw_match, raw_gmatch, raw_gsub = ...
 local raw_pcall, raw_xpcall, raw_setmetatable = pcall, xpcall, setmetatable
 local error, type, rawget = error, type, rawget
 
@@ -185,13 +185,9 @@ function table.move(a1, f, e, t, a2)
   return a2
 end
 
-local function one(ok, value, level)
-  if ok then return value end
-  error(value, level)
-end
 -- Reads the configuration of the call in progress (see CurrentConfig).
 fila.get = get
-function fila.json_decode(text) return one(raw_json_decode(text)) end
+fila.json_decode = json_decode
 "##;
 
 /// The time budget of the call in progress, shared with the VM's
@@ -551,7 +547,7 @@ fn sandbox(budget: &Arc<Budget>, config: &Arc<CurrentConfig>, memory_limit: usiz
     let check = Arc::clone(budget);
     let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
     let [find, match_, gmatch, gsub] = patterns::functions(&lua, budget, memory_limit)?;
-    let json_decode = lua.create_function(|lua, text: Value| json::decode(lua, text))?;
+    let json_decode = json::function(&lua)?;
     load_trusted(&lua, SETUP, "=sandbox")?.call::<()>((get, expired, json_decode, find, match_, gmatch, gsub))?;
 
     let check = Arc::clone(budget);
