@@ -283,7 +283,13 @@ impl LaneIndex {
     /// Calls `put` with every open message not yet in the log (all stored
     /// in this commit, with their records), and counts it as logged.
     pub fn log_new(&mut self, mut put: impl FnMut(u64, MessageId, &Bytes)) {
-        for message in self.open.iter_mut().rev().take_while(|m| !m.logged) {
+        // This commit's open messages are the newest of the lane, as many as
+        // the tally's change opens. Looking at none older spares a cache
+        // miss per lane and commit: among many lanes, the lane's previous
+        // message was last touched many commits ago (finding it, the first
+        // one logged, was 3 % of samples with 1,000 active keys).
+        let opened = self.delta.open.len();
+        for message in self.open.iter_mut().rev().take(opened).filter(|m| !m.logged) {
             let (id, record) = message.body.as_ref().expect("messages of this commit have their records");
             put(message.seq, *id, record);
             message.logged = true;
