@@ -1178,19 +1178,23 @@ mod returned_tables {
         lua.exec_raw_lua(|raw| unsafe { mlua::ffi::lua_gettop(raw.state()) })
     }
 
-    /// A hook that returns the global `result`, set by each case.
-    fn returning_global(hook: ScriptHook) -> QueueScripts {
+    /// Scripts whose `hook` returns the value of `expression`; that value,
+    /// and the hook's VM (to check its stack around a call).
+    fn returning_value(hook: ScriptHook, expression: &str) -> (QueueScripts, Lua, Value) {
         let source = format!("function {hook}() return result end");
-        match hook {
+        let scripts = match hook {
             ScriptHook::OnEnqueue => QueueScripts::compile(Some(&source), None, ScriptLimits::default()),
             ScriptHook::OnFailure => QueueScripts::compile(None, Some(&source), ScriptLimits::default()),
         }
-        .unwrap()
+        .unwrap();
+        let lua = scripts.hook(hook).unwrap().vm.lua().clone();
+        let value = eval(&lua, expression);
+        lua.globals().set("result", value.clone()).unwrap();
+        (scripts, lua, value)
     }
 
-    fn vm(scripts: &QueueScripts, hook: ScriptHook) -> &Lua {
-        scripts.hook(hook).unwrap().vm.lua()
-    }
+    const MESSAGE: ScriptMessage<'static> =
+        ScriptMessage { queue: "q", headers: ScriptHeaders::Pairs(&[]), payload: b"" };
 
     fn field(table: &Value, name: &str) -> Value {
         match table {
@@ -1219,14 +1223,9 @@ mod returned_tables {
                 value(),
             ],
         ) {
-            let mut scripts = returning_global(ScriptHook::OnEnqueue);
-            let lua = vm(&scripts, ScriptHook::OnEnqueue).clone();
-            let returned = eval(&lua, &expression);
-            lua.globals().set("result", returned.clone()).unwrap();
+            let (mut scripts, lua, returned) = returning_value(ScriptHook::OnEnqueue, &expression);
             let top = stack_top(&lua);
-            let h = HashMap::new();
-            let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"" };
-            let result = scripts.on_enqueue(&msg, &NoConfig);
+            let result = scripts.on_enqueue(&MESSAGE, &NoConfig);
             prop_assert_eq!(stack_top(&lua), top);
             match result {
                 Ok(decision) => {
@@ -1260,14 +1259,9 @@ mod returned_tables {
         fn returned_failure_tables_are_read_exactly(
             expression in prop_oneof![table(&["'action'", "'delay_ms'", "'other'", "1"]), value()],
         ) {
-            let mut scripts = returning_global(ScriptHook::OnFailure);
-            let lua = vm(&scripts, ScriptHook::OnFailure).clone();
-            let returned = eval(&lua, &expression);
-            lua.globals().set("result", returned.clone()).unwrap();
+            let (mut scripts, lua, returned) = returning_value(ScriptHook::OnFailure, &expression);
             let top = stack_top(&lua);
-            let h = HashMap::new();
-            let msg = ScriptMessage { queue: "q", headers: ScriptHeaders::Map(&h), payload: b"" };
-            let result = scripts.on_failure(&msg, 1, "boom", &NoConfig);
+            let result = scripts.on_failure(&MESSAGE, 1, "boom", &NoConfig);
             prop_assert_eq!(stack_top(&lua), top);
             match result {
                 Ok(None) => prop_assert!(returned.is_nil(), "{}", expression),
