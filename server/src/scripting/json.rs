@@ -40,7 +40,9 @@ pub(super) fn function(lua: &Lua) -> mlua::Result<Function> {
 /// What one VM's `fila.json_decode` reuses from call to call: the parsed
 /// document and the message of an invalid one. Kept outside the call's
 /// frame because building the value in Lua may raise a memory error, which
-/// unwinds over the frame without dropping what it owns.
+/// unwinds over the frame without dropping what it owns. Emptied after
+/// each call, keeping the memory of a small document (see
+/// [`Scratch::release_large`]).
 #[derive(Default)]
 struct Scratch {
     /// The document's values in document order, each array and object
@@ -115,6 +117,7 @@ unsafe extern "C-unwind" fn decode(state: *mut ffi::lua_State) -> c_int {
     }
     let mut at = 0;
     push(state, scratch, text, &mut at);
+    scratch.release_large();
     1
 }
 
@@ -123,8 +126,9 @@ impl Scratch {
     /// not JSON. Nesting is limited to 128 levels (serde_json's recursion
     /// limit).
     fn parse(&mut self, text: &[u8]) -> bool {
-        self.tape.clear();
-        self.unescaped.clear();
+        // After a call that raised while building (no memory), this is the
+        // first chance to let go of a large document's buffers.
+        self.release_large();
         self.depth = 0;
         let mut parser = serde_json::Deserializer::from_slice(text);
         let parsed = Parse { scratch: self, text: text.as_ptr() as usize, depth: 0 }
@@ -138,6 +142,17 @@ impl Scratch {
                 false
             }
         }
+    }
+
+    /// Empties the buffers, keeping the memory of a small document only:
+    /// what a VM holds outside Lua's memory limit stays small.
+    fn release_large(&mut self) {
+        const KEEP_TOKENS: usize = 1024;
+        const KEEP_BYTES: usize = 16 * 1024;
+        self.tape.clear();
+        self.tape.shrink_to(KEEP_TOKENS);
+        self.unescaped.clear();
+        self.unescaped.shrink_to(KEEP_BYTES);
     }
 
     fn bytes<'a>(&'a self, text: &'a [u8], span: Span) -> &'a [u8] {
@@ -344,5 +359,25 @@ impl<'de> Visitor<'de> for Key<'_> {
 
     fn visit_str<E>(self, s: &str) -> Result<Span, E> {
         Ok(span(self.unescaped, self.text, s, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_document_leaves_only_small_buffers() {
+        let lua = Lua::new();
+        let decode = function(&lua).unwrap();
+        // 20,000 tokens, half of them strings with an escape.
+        let big = format!("[{}0]", r#""x\n",1,"#.repeat(10_000));
+        let value: mlua::Table = decode.call(big).unwrap();
+        assert_eq!(value.raw_len(), 20_001);
+        let scratch = lua.app_data_ref::<Box<UnsafeCell<Scratch>>>().unwrap();
+        // SAFETY: no call is running, so nothing else uses the scratch.
+        let scratch = unsafe { &*scratch.get() };
+        assert!(scratch.tape.capacity() <= 1024, "{}", scratch.tape.capacity());
+        assert!(scratch.unescaped.capacity() <= 16 * 1024, "{}", scratch.unescaped.capacity());
     }
 }
