@@ -118,7 +118,9 @@ impl LaneIndex {
             max_seq: tally.max_seq.max(tally.open.last().copied().unwrap_or(0)),
             weight_seq: tally.weight_seq,
             weight: tally.weight,
-            floor: tally.floor,
+            // Every open message is at or above the floor; recovery raises it
+            // to the oldest, as every commit does (see `oldest_open_bound`).
+            floor: tally.floor.max(tally.open.first().copied().unwrap_or(0)),
             open: tally.open.iter().map(|&seq| OpenMessage { seq, len: 0, body: None, logged: true }).collect(),
             body_bytes: 0,
             open_bytes: 0,
@@ -314,6 +316,15 @@ impl LaneIndex {
         self.open.front().map(|m| m.seq)
     }
 
+    /// [`LaneIndex::oldest_open`] or lower, read from the lane alone, not
+    /// from its messages (which, among many lanes, are cold): the floor, if
+    /// a message is open. Every open message is at or above the floor, and
+    /// each commit (and recovery) raises the floor to the oldest of them,
+    /// so between commits the two are equal.
+    pub fn oldest_open_bound(&self) -> Option<u64> {
+        (!self.open.is_empty()).then_some(self.floor)
+    }
+
     /// Appends this commit's change to the lane's tally to a journal entry,
     /// with the floor raised past everything no longer open. A lane the
     /// journal has not named since the last checkpoint takes the next
@@ -482,9 +493,13 @@ impl LaneIndexes {
         self.slots.iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.as_mut()?)))
     }
 
-    /// The oldest open message of every lane.
+    /// The oldest open message of every lane, or lower (see
+    /// [`LaneIndex::oldest_open_bound`]): reading each lane's own fields
+    /// only, this visits the slots in order instead of one cold message per
+    /// lane (the scan, every 4 MiB of log, was 2.7 % of samples with 100,000
+    /// active keys).
     pub fn oldest_open(&self) -> Option<u64> {
-        self.slots.iter().flatten().filter_map(|slot| slot.index.oldest_open()).min()
+        self.slots.iter().flatten().filter_map(|slot| slot.index.oldest_open_bound()).min()
     }
 
     /// Queues that have or had lanes since they were last forgotten.
@@ -540,6 +555,35 @@ mod tests {
             tally.absorb(&delta);
             tally.closed.clear();
         }
+    }
+
+    /// The bound the log's horizon is computed from equals the oldest open
+    /// message after every commit, and after recovery.
+    #[test]
+    fn the_oldest_open_bound_is_exact_between_commits() {
+        let mut index = lane();
+        let check = |index: &LaneIndex| assert_eq!(index.oldest_open_bound(), index.oldest_open());
+        for seq in [3, 5, 8] {
+            add(&mut index, seq, 0);
+        }
+        take_delta(&mut index);
+        check(&index);
+        for (removed, added) in [(3, Some(9)), (8, None), (5, None), (9, None)] {
+            index.remove(removed);
+            if let Some(seq) = added {
+                add(&mut index, seq, 0);
+            }
+            take_delta(&mut index);
+            check(&index);
+        }
+        add(&mut index, 12, 0);
+        take_delta(&mut index);
+        check(&index);
+        let recovered = LaneIndex::recovered(
+            Arc::from(&b"lane"[..]),
+            &Tally { floor: 100, open: vec![120], count: 1, ..Tally::default() },
+        );
+        check(&recovered);
     }
 
     #[test]
