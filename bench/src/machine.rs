@@ -50,14 +50,10 @@ impl Jitter {
             })
             .collect();
         std::hint::black_box(acc);
-        let slow = |p50: f64| times.iter().filter(|&&t| t > 1.5 * p50).count();
-        let p50 = {
-            let mut sorted = times.clone();
-            sorted.sort_by(f64::total_cmp);
-            sorted[Self::SLICES / 2]
-        };
-        let slow_percent = slow(p50) as f64 * 100.0 / Self::SLICES as f64;
         times.sort_by(f64::total_cmp);
+        let p50 = times[Self::SLICES / 2];
+        let slow = Self::SLICES - times.partition_point(|&t| t <= 1.5 * p50);
+        let slow_percent = slow as f64 * 100.0 / Self::SLICES as f64;
         Jitter { slices: Self::SLICES, p50_us: p50, p99_us: times[Self::SLICES * 99 / 100], slow_percent }
     }
 }

@@ -9,10 +9,11 @@
 //! code, and reading raises no Lua error: it only walks tables with
 //! `lua_next` and reads values of the type it checked.
 
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::time::Duration;
 
 use mlua::ffi::{self, lua_State};
+use mlua::{Function, Lua};
 
 use super::{EnqueueDecision, FailureDecision, ScriptHeaders, ScriptMessage, MAX_RETRY_DELAY};
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, MAX_WEIGHT};
@@ -57,6 +58,60 @@ unsafe fn push_headers<'a>(state: *mut lua_State, len: usize, headers: impl Iter
 
 pub(super) unsafe fn push_bytes(state: *mut lua_State, bytes: &[u8]) {
     ffi::lua_pushlstring(state, bytes.as_ptr().cast(), bytes.len());
+}
+
+/// `function`, a C function of Lua's API, as a Lua function whose one
+/// upvalue is `address(&owner)` (a light userdata): what the function works
+/// on, inside `owner`'s allocation, which the Lua state keeps as app data so
+/// that it lives as long as the function can run.
+pub(super) fn c_closure<T: 'static>(
+    lua: &Lua,
+    function: ffi::lua_CFunction,
+    owner: T,
+    address: fn(&T) -> *mut c_void,
+) -> mlua::Result<Function> {
+    let upvalue = address(&owner);
+    lua.set_app_data(owner);
+    // SAFETY: pushes a light userdata and makes a C closure of it: the stack
+    // has room (exec_raw checks for 3 slots), and neither raises an error
+    // other than for memory, inside exec_raw's protected call.
+    unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_pushlightuserdata(state, upvalue);
+            ffi::lua_pushcclosure(state, function, 1);
+        })
+    }
+}
+
+/// The bytes of a C function's first argument, which must be a string;
+/// otherwise raises `expected`, a format given the argument's type name
+/// (`"... expects a string, got %s"`).
+///
+/// # Safety
+/// Called from a C function of Lua's API whose frames up to the protected
+/// call own nothing that needs dropping. The bytes stay valid while the
+/// argument is on the stack.
+pub(super) unsafe fn string_argument<'s>(state: *mut lua_State, expected: &CStr) -> &'s [u8] {
+    if ffi::lua_type(state, 1) != ffi::LUA_TSTRING {
+        raise_at_script_line(state, || {
+            ffi::lua_pushfstring(state, expected.as_ptr(), ffi::luaL_typename(state, 1));
+        });
+    }
+    let mut len = 0;
+    let bytes = ffi::lua_tolstring(state, 1, &mut len);
+    std::slice::from_raw_parts(bytes.cast(), len)
+}
+
+/// Raises the message `push` leaves on the stack, prefixed with the
+/// script's line, as Lua's own functions report an error.
+///
+/// # Safety
+/// As for [`string_argument`].
+pub(super) unsafe fn raise_at_script_line(state: *mut lua_State, push: impl FnOnce()) -> ! {
+    ffi::luaL_where(state, 1);
+    push();
+    ffi::lua_concat(state, 2);
+    ffi::lua_error(state)
 }
 
 /// Sets the value on top of the stack as `name` of the table below it (a

@@ -17,6 +17,8 @@ use std::ffi::c_int;
 use std::fmt::{self, Write};
 
 use mlua::{ffi, Function, Lua};
+
+use super::convert;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// `fila.json_decode` for `lua`: a C closure whose upvalue is the VM's
@@ -24,17 +26,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 /// as the function can run.
 pub(super) fn function(lua: &Lua) -> mlua::Result<Function> {
     let scratch = Box::new(UnsafeCell::new(Scratch::default()));
-    let address = scratch.get();
-    lua.set_app_data(scratch);
-    // SAFETY: pushes a light userdata and makes a C closure of it: the stack
-    // has room (exec_raw checks for 3 slots), and neither raises an error
-    // other than for memory, inside exec_raw's protected call.
-    unsafe {
-        lua.exec_raw((), |state| {
-            ffi::lua_pushlightuserdata(state, address.cast());
-            ffi::lua_pushcclosure(state, decode, 1);
-        })
-    }
+    convert::c_closure(lua, decode, scratch, |scratch| scratch.get().cast())
 }
 
 /// What one VM's `fila.json_decode` reuses from call to call: the parsed
@@ -89,25 +81,9 @@ enum Span {
 /// scratch is used by one call at a time: building runs no Lua code.
 unsafe extern "C-unwind" fn decode(state: *mut ffi::lua_State) -> c_int {
     let scratch = &mut *(ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *mut Scratch);
-    if ffi::lua_type(state, 1) != ffi::LUA_TSTRING {
-        ffi::luaL_where(state, 1);
-        ffi::lua_pushfstring(
-            state,
-            c"fila.json_decode expects a string, got %s".as_ptr(),
-            ffi::luaL_typename(state, 1),
-        );
-        ffi::lua_concat(state, 2);
-        ffi::lua_error(state);
-    }
-    let mut len = 0;
-    let text = ffi::lua_tolstring(state, 1, &mut len);
-    let text = std::slice::from_raw_parts(text.cast::<u8>(), len);
+    let text = convert::string_argument(state, c"fila.json_decode expects a string, got %s");
     if !scratch.parse(text) {
-        // At the script's line, as Lua's own functions report errors.
-        ffi::luaL_where(state, 1);
-        ffi::lua_pushlstring(state, scratch.message.as_ptr().cast(), scratch.message.len());
-        ffi::lua_concat(state, 2);
-        ffi::lua_error(state);
+        convert::raise_at_script_line(state, || convert::push_bytes(state, scratch.message.as_bytes()));
     }
     // Two stack slots per open array or object (the table, then a key) and
     // one for the value being added; at most 257 (nesting is limited).

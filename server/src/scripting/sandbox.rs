@@ -291,17 +291,9 @@ impl CurrentConfig {
 /// hold only references and integers, nothing that needs dropping.
 unsafe extern "C-unwind" fn config_get(state: *mut ffi::lua_State) -> c_int {
     let current = &*(ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const CurrentConfig);
-    if ffi::lua_type(state, 1) != ffi::LUA_TSTRING {
-        // At the script's line, as Lua's own functions report a bad argument.
-        ffi::luaL_where(state, 1);
-        ffi::lua_pushfstring(state, c"fila.get expects a string key, got %s".as_ptr(), ffi::luaL_typename(state, 1));
-        ffi::lua_concat(state, 2);
-        ffi::lua_error(state);
-    }
-    let mut len = 0;
-    let key = ffi::lua_tolstring(state, 1, &mut len);
+    let key = convert::string_argument(state, c"fila.get expects a string key, got %s");
     // A key that is not UTF-8 names no configuration entry.
-    match std::str::from_utf8(std::slice::from_raw_parts(key.cast::<u8>(), len)) {
+    match std::str::from_utf8(key) {
         Ok(key) => current.with(key, |value| match value {
             Some(value) => convert::push_bytes(state, value.as_bytes()),
             None => ffi::lua_pushnil(state),
@@ -531,19 +523,7 @@ fn sandbox(budget: &Arc<Budget>, config: &Arc<CurrentConfig>, memory_limit: usiz
         globals.raw_set(name, Value::Nil)?;
     }
 
-    // The Lua state owns a reference to the configuration slot, so the
-    // address `fila.get` holds is valid as long as the function can run.
-    let current: *const CurrentConfig = Arc::as_ptr(config);
-    lua.set_app_data(Arc::clone(config));
-    // SAFETY: pushes a light userdata and makes a C closure of it: the stack
-    // has room (exec_raw checks for 3 slots), and neither raises an error
-    // other than for memory, inside exec_raw's protected call.
-    let get: Function = unsafe {
-        lua.exec_raw((), |state| {
-            ffi::lua_pushlightuserdata(state, current as *mut std::ffi::c_void);
-            ffi::lua_pushcclosure(state, config_get, 1);
-        })?
-    };
+    let get = convert::c_closure(&lua, config_get, Arc::clone(config), |config| Arc::as_ptr(config).cast_mut().cast())?;
     let check = Arc::clone(budget);
     let expired = lua.create_function(move |_, ()| Ok(check.expired()))?;
     let [find, match_, gmatch, gsub] = patterns::functions(&lua, budget, memory_limit)?;

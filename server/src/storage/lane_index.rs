@@ -312,11 +312,11 @@ impl LaneIndex {
     }
 
     /// The lowest open sequence: no open message is older.
-    pub fn oldest_open(&self) -> Option<u64> {
+    fn oldest_open(&self) -> Option<u64> {
         self.open.front().map(|m| m.seq)
     }
 
-    /// [`LaneIndex::oldest_open`] or lower, read from the lane alone, not
+    /// The lowest open sequence or lower, read from the lane alone, not
     /// from its messages (which, among many lanes, are cold): the floor, if
     /// a message is open. Every open message is at or above the floor, and
     /// each commit (and recovery) raises the floor to the oldest of them,

@@ -341,7 +341,7 @@ impl RocksStore {
             tallies.delete(key);
         }
         for (_, Slot { queue, lane, index }) in indexes.slots_mut() {
-            if let Some(oldest) = index.oldest_open() {
+            if let Some(oldest) = index.oldest_open_bound() {
                 if oldest.saturating_add(journal.max_open_age) >= seq_high {
                     horizon = horizon.min(oldest);
                 } else {
