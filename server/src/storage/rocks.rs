@@ -340,7 +340,8 @@ impl RocksStore {
         for key in journal.emptied.drain(..) {
             tallies.delete(key);
         }
-        for (_, Slot { queue, lane, index }) in indexes.slots_mut() {
+        let mut sealed_lanes = Vec::new();
+        for (id, Slot { queue, lane, index }) in indexes.slots_mut() {
             if let Some(oldest) = index.oldest_open_bound() {
                 if oldest.saturating_add(journal.max_open_age) >= seq_high {
                     horizon = horizon.min(oldest);
@@ -350,6 +351,7 @@ impl RocksStore {
                     self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                     index.settle();
                     index.mark_dirty();
+                    sealed_lanes.push(id);
                 }
             }
             if index.is_dirty() {
@@ -358,6 +360,9 @@ impl RocksStore {
             }
         }
         tallies.add_to(&mut batch, self.cf(CF_LANES));
+        for id in sealed_lanes {
+            indexes.committed(id);
+        }
         indexes.records_bytes = indexes.records_bytes.saturating_sub(released);
         self.drop_log_below(&mut batch, indexes, horizon);
         batch.delete_range_cf(self.cf(CF_JOURNAL), journal::key(0), journal::key(journal.next));
@@ -607,6 +612,8 @@ impl Store for RocksStore {
                 if index.is_empty() {
                     journal.emptied.push(Arc::clone(index.key()));
                     indexes.forget(id);
+                } else {
+                    indexes.committed(id);
                 }
                 indexes.records_bytes += held;
             }
