@@ -48,9 +48,14 @@ pub fn log_key(queue: QueueId, seq: u64) -> [u8; 16] {
 /// entry in the lane-ordered `messages` family).
 pub fn log_value(id: MessageId, record: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + record.len());
+    push_log_value(&mut out, id, record);
+    out
+}
+
+/// Appends a log entry's value to `out`.
+pub fn push_log_value(out: &mut Vec<u8>, id: MessageId, record: &[u8]) {
     out.extend_from_slice(&id.to_bytes());
     out.extend_from_slice(record);
-    out
 }
 
 /// Parses a log entry into the message's id and record.
@@ -105,14 +110,6 @@ fn encode_lane(out: &mut Vec<u8>, lane: &Lane) {
     }
 }
 
-/// `lane | seq(8)`: where a message sits within its queue.
-pub fn lane_location(lane: &Lane, seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    encode_lane(&mut out, lane);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out
-}
-
 /// `queue(8) | lane | seq(8)`: a lane's sealed chunk ending at `seq`. (The
 /// `messages` family of data directories written before the log existed
 /// keyed each message so, by its own sequence.)
@@ -126,9 +123,17 @@ pub fn chunk_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
 
 /// The index value: the message's location and the weight it was sent with.
 pub fn index_value(lane: &Lane, seq: u64, weight: u32) -> Vec<u8> {
-    let mut out = lane_location(lane, seq);
-    out.extend_from_slice(&weight.to_be_bytes());
+    let mut out = Vec::with_capacity(64);
+    push_index_value(&mut out, lane, seq, weight);
     out
+}
+
+/// Appends an index value (see [`index_value`]) to `out`: `lane |
+/// seq(8) | weight(4)`.
+pub fn push_index_value(out: &mut Vec<u8>, lane: &Lane, seq: u64, weight: u32) {
+    encode_lane(out, lane);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
 }
 
 struct Reader<'a>(&'a [u8]);

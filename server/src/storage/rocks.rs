@@ -85,8 +85,17 @@ pub struct RocksStore {
     sync_writes: bool,
     lanes: RefCell<LaneIndexes>,
     journal: RefCell<Journal>,
+    /// A commit's log and index writes, gathered in key order; kept from
+    /// one commit to the next so their buffers stay allocated (and warm).
+    writes: RefCell<CommitWrites>,
     seq_high: Cell<u64>,
     horizon: Horizon,
+}
+
+#[derive(Default)]
+struct CommitWrites {
+    log: KeyOrdered<[u8; 16]>,
+    index: KeyOrdered<[u8; 24]>,
 }
 
 pub(super) fn io(e: rocksdb::Error) -> StorageError {
@@ -195,6 +204,7 @@ impl RocksStore {
             sync_writes,
             lanes: RefCell::new(LaneIndexes::default()),
             journal: RefCell::new(Journal::default()),
+            writes: RefCell::new(CommitWrites::default()),
             seq_high: Cell::new(0),
             horizon,
         })
@@ -356,7 +366,7 @@ impl RocksStore {
             }
             if index.is_dirty() {
                 index.checkpointed();
-                tallies.put(Arc::clone(index.key()), index.tally().encode());
+                tallies.put(Arc::clone(index.key()), &index.tally().encode());
             }
         }
         tallies.add_to(&mut batch, self.cf(CF_LANES));
@@ -491,8 +501,10 @@ impl Store for RocksStore {
     fn commit(&self, changes: ChangeSet) -> Result<(), StorageError> {
         let ChangeSet { changes, needs_sync } = changes;
         let mut batch = WriteBatch::default();
-        let mut log: KeyOrdered<[u8; 16]> = KeyOrdered::default();
-        let mut index_writes: KeyOrdered<[u8; 24]> = KeyOrdered::default();
+        // Taken out for the commit and given back at its end: a commit that
+        // fails part way leaves none of its writes behind for the next.
+        let mut writes = self.writes.take();
+        let CommitWrites { log, index: index_writes } = &mut writes;
         let mut indexes = self.lanes.borrow_mut();
         // Lanes this commit changed, each once.
         let mut touched: Vec<SlotId> = Vec::new();
@@ -543,7 +555,8 @@ impl Store for RocksStore {
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
                 Change::PutMessage { queue, lane, seq, id, weight, record } => {
                     // Into the log or a chunk when the commit ends.
-                    index_writes.put(keys::index_key(*queue, *id), keys::index_value(lane, *seq, *weight));
+                    index_writes
+                        .put_with(keys::index_key(*queue, *id), |out| keys::push_index_value(out, lane, *seq, *weight));
                     let slot = touch(&mut indexes, &mut touched, *queue, lane);
                     indexes.slot_mut(slot).index.add(*seq, *weight, *id, record.clone());
                     seq_high = seq_high.max(*seq);
@@ -572,7 +585,7 @@ impl Store for RocksStore {
                 Change::PutDelayed { queue, lane, id, weight, due_ms, record } => {
                     let key = keys::delayed_key(*due_ms, *queue, *id);
                     batch.put_cf(self.cf(CF_DELAYED), key, keys::delayed_value(lane, *weight, record));
-                    index_writes.put(keys::index_key(*queue, *id), keys::delayed_index_value(lane, *weight, *due_ms));
+                    index_writes.put(keys::index_key(*queue, *id), &keys::delayed_index_value(lane, *weight, *due_ms));
                 }
                 Change::DeleteDelayed { queue, id, due_ms } => {
                     batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id))
@@ -599,9 +612,8 @@ impl Store for RocksStore {
                     self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                 }
                 index.log_new(|seq, id, record| {
-                    let value = keys::log_value(id, record);
-                    logged += 16 + value.len();
-                    log.put(keys::log_key(*queue, seq), value);
+                    logged += 32 + record.len();
+                    log.put_with(keys::log_key(*queue, seq), |out| keys::push_log_value(out, id, record));
                 });
                 if held_elsewhere + index.body_bytes() > OPEN_RECORDS_BYTES {
                     index.drop_records();
@@ -622,6 +634,7 @@ impl Store for RocksStore {
             journal.next += 1;
         }
         log.add_to(&mut batch, self.cf(CF_LOG));
+        self.writes.replace(writes);
         // Between checkpoints the horizon rises every few MiB of log, so
         // most dead entries never leave the memtable.
         journal.logged += logged;
