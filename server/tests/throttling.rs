@@ -107,6 +107,36 @@ async fn a_throttled_lane_does_not_hold_back_the_same_tenants_other_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lanes_of_one_key_are_delivered_in_arrival_order_while_tokens_last() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.create_queue("q", QueueOptions::default()).await.unwrap();
+    client.set_throttle("provider:x", 1000.0, Some(100.0)).await.unwrap();
+    client.set_throttle("provider:y", 1000.0, Some(100.0)).await.unwrap();
+    // One tenant's messages over three lanes (no throttle key, x, y), in
+    // an order that is none of the lanes' own order.
+    let lanes = [None, Some("provider:x"), Some("provider:y"), Some("provider:x"), None, Some("provider:y")];
+    let messages: Vec<NewMessage> = (0..24)
+        .map(|i| {
+            let message = NewMessage::new("q", format!("m{i}")).fairness_key("A");
+            match lanes[(i * 5 + i / 6) % lanes.len()] {
+                Some(throttle) => message.throttle_key(throttle),
+                None => message,
+            }
+        })
+        .collect();
+    enqueue_many(&client, messages).await;
+
+    let mut stream = client.lease("q", window(30)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..24 {
+        got.push(String::from_utf8(next_delivery(&mut stream, WAIT).await.payload.to_vec()).unwrap());
+    }
+    let sent: Vec<String> = (0..24).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_resumes_when_a_token_arrives_without_busy_waiting() {
     let server = TestServer::start().await;
     let client = server.client().await;

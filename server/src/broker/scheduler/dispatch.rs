@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Scheduler, MAX_FRAME_BYTES, MAX_FRAME_DELIVERIES, READ_AHEAD};
 use crate::broker::consumers::{Consumer, ConsumerEvent, ConsumerId};
-use crate::broker::queue_state::{buffered_size, effective_weight, KeyState};
+use crate::broker::queue_state::{buffered_size, effective_weight, KeyState, LaneState};
 use crate::broker::throttle::Throttles;
 use crate::broker::Delivery;
 use crate::domain::{QueueId, StorageError};
@@ -153,8 +153,8 @@ fn pick_lane<S: Store>(
     now: Instant,
     miscounted: &mut u64,
 ) -> Result<Pick, StorageError> {
-    let mut heads: Vec<(u64, usize)> = Vec::with_capacity(key.lanes.len());
-    for (i, lane) in key.lanes.iter_mut().enumerate() {
+    let mut any_head = false;
+    for lane in key.lanes.iter_mut() {
         if lane.pending == 0 {
             continue;
         }
@@ -168,29 +168,42 @@ fn pick_lane<S: Store>(
             }
             lane.buffer.extend(read);
         }
-        match lane.buffer.front() {
-            Some(head) => heads.push((head.seq, i)),
-            None => {
-                *miscounted += lane.pending;
-                key.pending -= lane.pending;
-                lane.pending = 0;
-            }
+        if lane.buffer.is_empty() {
+            *miscounted += lane.pending;
+            key.pending -= lane.pending;
+            lane.pending = 0;
+        } else {
+            any_head = true;
         }
     }
-    if heads.is_empty() {
+    if !any_head {
         key.lanes.retain(|l| l.pending > 0 || l.leased > 0);
         return Ok(Pick::Nothing);
     }
-    // Usually one lane; with several, oldest head first.
-    heads.sort_unstable();
+    // Lanes by their heads' age, oldest first: usually there is one lane,
+    // and a few at most, so each next one is found by a scan (sequences are
+    // unique), with nothing allocated per delivery.
     let mut wait: Option<Duration> = None;
-    for (_, i) in heads {
+    let mut after = None;
+    while let Some((seq, i)) = oldest_head_after(&key.lanes, after) {
         match throttles.check(key.lanes[i].lane.throttle.keys(), now) {
             Ok(()) => return Ok(Pick::Lane(i)),
             Err(w) => wait = Some(wait.map_or(w, |v| v.min(w))),
         }
+        after = Some(seq);
     }
     Ok(Pick::Throttled(wait.expect("some lane had a head")))
+}
+
+/// The lane whose buffered head is the oldest after sequence `after` (of
+/// all, without it), with that head's sequence.
+fn oldest_head_after(lanes: &[LaneState], after: Option<u64>) -> Option<(u64, usize)> {
+    lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, lane)| Some((lane.buffer.front()?.seq, i)))
+        .filter(|&(seq, _)| after.is_none_or(|after| seq > after))
+        .min()
 }
 
 /// Pushes deliveries to a stream. If the stream closed in the meantime its
