@@ -44,15 +44,8 @@ pub fn log_key(queue: QueueId, seq: u64) -> [u8; 16] {
     out
 }
 
-/// `id(16) | record`: a message's log entry (and, before the log, its
-/// entry in the lane-ordered `messages` family).
-pub fn log_value(id: MessageId, record: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + record.len());
-    push_log_value(&mut out, id, record);
-    out
-}
-
-/// Appends a log entry's value to `out`.
+/// Appends `id(16) | record`, a message's log entry (and, before the log,
+/// its entry in the lane-ordered `messages` family), to `out`.
 pub fn push_log_value(out: &mut Vec<u8>, id: MessageId, record: &[u8]) {
     out.extend_from_slice(&id.to_bytes());
     out.extend_from_slice(record);
@@ -121,15 +114,8 @@ pub fn chunk_key(queue: QueueId, lane: &Lane, seq: u64) -> Vec<u8> {
     out
 }
 
-/// The index value: the message's location and the weight it was sent with.
-pub fn index_value(lane: &Lane, seq: u64, weight: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    push_index_value(&mut out, lane, seq, weight);
-    out
-}
-
-/// Appends an index value (see [`index_value`]) to `out`: `lane |
-/// seq(8) | weight(4)`.
+/// Appends the index value, the message's location and the weight it was
+/// sent with, to `out`: `lane | seq(8) | weight(4)`.
 pub fn push_index_value(out: &mut Vec<u8>, lane: &Lane, seq: u64, weight: u32) {
     encode_lane(out, lane);
     out.extend_from_slice(&seq.to_be_bytes());
@@ -176,11 +162,11 @@ pub struct IndexEntry {
     pub due_ms: Option<u64>,
 }
 
-/// The index value of a delayed message: its lane, weight and due time.
-pub fn delayed_index_value(lane: &Lane, weight: u32, due_ms: u64) -> Vec<u8> {
-    let mut out = index_value(lane, 0, weight);
+/// Appends the index value of a delayed message, its lane, weight and due
+/// time, to `out`.
+pub fn push_delayed_index_value(out: &mut Vec<u8>, lane: &Lane, weight: u32, due_ms: u64) {
+    push_index_value(out, lane, 0, weight);
     out.extend_from_slice(&due_ms.to_be_bytes());
-    out
 }
 
 /// Parses an index value (ready or delayed).
@@ -284,6 +270,13 @@ pub fn parse_weight_key(key: &[u8]) -> Option<(QueueId, &str)> {
 mod tests {
     use super::*;
 
+    /// What a `push_*` writer appends to an empty buffer.
+    fn written(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out);
+        out
+    }
+
     fn lane(key: &str, throttle: &[&str]) -> Lane {
         Lane::new(Arc::from(key), ThrottleSet::new(throttle))
     }
@@ -295,9 +288,10 @@ mod tests {
         assert_eq!(parse_chunk_key(&key), Some((3, l.clone(), 42)));
         assert_eq!(parse_chunk_key(&key[..key.len() - 1]), None);
         let entry = IndexEntry { lane: l.clone(), seq: 7, weight: 3, due_ms: None };
-        assert_eq!(parse_index_value(&index_value(&l, 7, 3)), Some(entry));
+        assert_eq!(parse_index_value(&written(|out| push_index_value(out, &l, 7, 3))), Some(entry));
         let delayed = IndexEntry { lane: l.clone(), seq: 0, weight: 3, due_ms: Some(99) };
-        assert_eq!(parse_index_value(&delayed_index_value(&l, 3, 99)), Some(delayed));
+        let value = written(|out| push_delayed_index_value(out, &l, 3, 99));
+        assert_eq!(parse_index_value(&value), Some(delayed));
         let id = MessageId::generate();
         assert_eq!(parse_delayed_key(&delayed_key(99, 3, id)), Some((99, 3, id)));
         let value = delayed_value(&l, 2, b"record");
@@ -348,8 +342,10 @@ mod tests {
     #[test]
     fn log_values_round_trip() {
         let id = MessageId::generate();
-        assert_eq!(parse_log_value(&log_value(id, b"record")), Some((id, &b"record"[..])));
-        assert_eq!(parse_log_value(&log_value(id, b"")), Some((id, &b""[..])));
+        let value = written(|out| push_log_value(out, id, b"record"));
+        assert_eq!(parse_log_value(&value), Some((id, &b"record"[..])));
+        let value = written(|out| push_log_value(out, id, b""));
+        assert_eq!(parse_log_value(&value), Some((id, &b""[..])));
         assert_eq!(parse_log_value(&[0; 15]), None, "a cut id");
     }
 

@@ -490,8 +490,8 @@ impl LaneIndexes {
     }
 
     /// Takes note of a lane's state at the end of a commit that changed it,
-    /// or of a checkpoint's pass over it: what [`LaneIndexes::oldest_open`]
-    /// reads.
+    /// of a checkpoint that sealed it or of its recovery: what
+    /// [`LaneIndexes::oldest_open`] reads.
     pub fn committed(&mut self, id: SlotId) {
         self.open_bounds[id] = self.slot_mut(id).index.oldest_open_bound().unwrap_or(u64::MAX);
     }

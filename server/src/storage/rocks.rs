@@ -585,7 +585,9 @@ impl Store for RocksStore {
                 Change::PutDelayed { queue, lane, id, weight, due_ms, record } => {
                     let key = keys::delayed_key(*due_ms, *queue, *id);
                     batch.put_cf(self.cf(CF_DELAYED), key, keys::delayed_value(lane, *weight, record));
-                    index_writes.put(keys::index_key(*queue, *id), &keys::delayed_index_value(lane, *weight, *due_ms));
+                    index_writes.put_with(keys::index_key(*queue, *id), |out| {
+                        keys::push_delayed_index_value(out, lane, *weight, *due_ms)
+                    });
                 }
                 Change::DeleteDelayed { queue, id, due_ms } => {
                     batch.delete_cf(self.cf(CF_DELAYED), keys::delayed_key(*due_ms, *queue, *id))
@@ -612,7 +614,8 @@ impl Store for RocksStore {
                     self.write_chunk(&mut batch, *queue, lane, &sealed)?;
                 }
                 index.log_new(|seq, id, record| {
-                    logged += 32 + record.len();
+                    // Its key, the message's id and its record.
+                    logged += 16 + 16 + record.len();
                     log.put_with(keys::log_key(*queue, seq), |out| keys::push_log_value(out, id, record));
                 });
                 if held_elsewhere + index.body_bytes() > OPEN_RECORDS_BYTES {
@@ -1089,7 +1092,8 @@ mod tests {
             value.extend_from_slice(format!("{key}-{seq}").as_bytes());
             let family = db.cf_handle(upgrade::CF_LANE_ORDERED_MESSAGES).unwrap();
             db.put_cf(family, keys::chunk_key(queue, &lane(key), seq), value).unwrap();
-            let index = keys::index_value(&lane(key), seq, 0);
+            let mut index = Vec::new();
+            keys::push_index_value(&mut index, &lane(key), seq, 0);
             db.put_cf(db.cf_handle(CF_INDEX).unwrap(), keys::index_key(queue, id), index).unwrap();
             let tally = tallies.entry((queue, key)).or_default();
             *tally = (tally.0 + 1, tally.1.max(seq));
