@@ -75,19 +75,48 @@ pub fn push_chunk_message(out: &mut Vec<u8>, previous_seq: u64, seq: u64, id: Me
 }
 
 /// Parses a chunk value into its messages, ascending.
-pub fn parse_chunk_value(mut bytes: &[u8]) -> Option<Vec<ChunkMessage<'_>>> {
-    let mut messages = Vec::with_capacity(32);
-    let mut seq = 0u64;
-    while !bytes.is_empty() {
-        seq = seq.checked_add(prost::encoding::decode_varint(&mut bytes).ok()?)?;
+pub fn parse_chunk_value(bytes: &[u8]) -> Option<Vec<ChunkMessage<'_>>> {
+    chunk_messages(bytes).collect()
+}
+
+/// A chunk value's messages, ascending, each parsed when it is reached
+/// (`None` for a corrupt value, then nothing more): a read that wants the
+/// next few messages of a large chunk stops there.
+pub fn chunk_messages(bytes: &[u8]) -> ChunkMessages<'_> {
+    ChunkMessages { bytes, seq: 0 }
+}
+
+pub struct ChunkMessages<'a> {
+    bytes: &'a [u8],
+    seq: u64,
+}
+
+impl<'a> ChunkMessages<'a> {
+    fn parse_next(&mut self) -> Option<ChunkMessage<'a>> {
+        let bytes = &mut self.bytes;
+        self.seq = self.seq.checked_add(prost::encoding::decode_varint(bytes).ok()?)?;
         let id = MessageId::from_slice(bytes.get(..16)?)?;
-        bytes = &bytes[16..];
-        let len = usize::try_from(prost::encoding::decode_varint(&mut bytes).ok()?).ok()?;
+        *bytes = &bytes[16..];
+        let len = usize::try_from(prost::encoding::decode_varint(bytes).ok()?).ok()?;
         let record = bytes.get(..len)?;
-        bytes = &bytes[len..];
-        messages.push(ChunkMessage { seq, id, record });
+        *bytes = &bytes[len..];
+        Some(ChunkMessage { seq: self.seq, id, record })
     }
-    Some(messages)
+}
+
+impl<'a> Iterator for ChunkMessages<'a> {
+    type Item = Option<ChunkMessage<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let message = self.parse_next();
+        if message.is_none() {
+            self.bytes = &[];
+        }
+        Some(message)
+    }
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {

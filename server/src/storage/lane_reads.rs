@@ -44,18 +44,17 @@ pub fn for_each_message(
         while let (Some(key), Some(value)) = (chunks.key(), chunks.value()) {
             let corrupt = || StorageError::Corrupt(format!("lane chunk {key:?}"));
             let (_, _, last) = keys::parse_chunk_key(key).ok_or_else(corrupt)?;
-            let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
-            if !index.is_counted(last) {
+            // A chunk sealed by one large commit holds hundreds of messages;
+            // a read of the next few parses only up to them.
+            let going = if index.is_counted(last) {
+                let messages = keys::chunk_messages(value).map(|m| m.ok_or_else(corrupt));
+                visit_chunk(messages, index.gone_from(last), &span, &mut found)?
+            } else {
+                let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
                 count_live(db, queue, (key, last), &mut messages, index)?;
-            }
-            let gone = index.gone_from(last);
-            let live = |m: &&ChunkMessage| gone.binary_search(&m.seq).is_err();
-            for message in messages.iter().filter(|m| span.holds(m.seq)).filter(live) {
-                if !found(message.seq, message.id, message.record)? {
-                    return Ok(());
-                }
-            }
-            if last >= span.before {
+                visit_chunk(messages.into_iter().map(Ok), index.gone_from(last), &span, &mut found)?
+            };
+            if !going || last >= span.before {
                 return Ok(());
             }
             chunks.next();
@@ -69,6 +68,27 @@ pub fn for_each_message(
         }
     }
     Ok(())
+}
+
+/// Calls `found` with each live message of a chunk in `span`, until it
+/// returns false; returns whether it went on to the chunk's end.
+fn visit_chunk<'a>(
+    messages: impl Iterator<Item = Result<ChunkMessage<'a>, StorageError>>,
+    gone: &[u64],
+    span: &Span,
+    found: &mut impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    for message in messages {
+        let message = message?;
+        if message.seq >= span.before {
+            return Ok(false);
+        }
+        let live = gone.binary_search(&message.seq).is_err();
+        if span.holds(message.seq) && live && !found(message.seq, message.id, message.record)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Calls `each` with every one of a lane's open messages (ascending): its
