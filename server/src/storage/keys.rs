@@ -86,12 +86,28 @@ pub fn chunk_messages(bytes: &[u8]) -> ChunkMessages<'_> {
     ChunkMessages { bytes, seq: 0 }
 }
 
+/// A chunk value's messages from a position an earlier parse reached
+/// ([`ChunkMessages::offset_in`], [`ChunkMessages::seq`]).
+pub fn chunk_messages_from(bytes: &[u8], offset: usize, seq: u64) -> Option<ChunkMessages<'_>> {
+    Some(ChunkMessages { bytes: bytes.get(offset..)?, seq })
+}
+
 pub struct ChunkMessages<'a> {
     bytes: &'a [u8],
     seq: u64,
 }
 
 impl<'a> ChunkMessages<'a> {
+    /// Where the next message starts in `value`, the value being parsed.
+    pub fn offset_in(&self, value: &[u8]) -> usize {
+        value.len() - self.bytes.len()
+    }
+
+    /// The sequence of the last message parsed (0 before the first).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     fn parse_next(&mut self) -> Option<ChunkMessage<'a>> {
         let bytes = &mut self.bytes;
         self.seq = self.seq.checked_add(prost::encoding::decode_varint(bytes).ok()?)?;

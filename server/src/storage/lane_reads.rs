@@ -3,6 +3,7 @@
 //! or fetched from the log).
 
 use std::borrow::Borrow;
+use std::cell::Cell;
 
 use rocksdb::{ReadOptions, DB};
 
@@ -25,14 +26,29 @@ impl Span {
     }
 }
 
+/// Where the last read of a sealed chunk stopped: the chunk, named by its
+/// last sequence (no other chunk has it, as sequences are never reused),
+/// the offset of its next message and the sequence before it. A lane's
+/// reads go through a chunk in order, so the next read of a chunk of
+/// hundreds starts there, not at the chunk's start. A chunk's value does
+/// not change once it is counted (only an uncounted one is rewritten).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkResume {
+    chunk_last: u64,
+    offset: usize,
+    seq: u64,
+}
+
 /// Calls `found` with each message of the lane in `span` (sequence, id and
-/// record), in sequence order, until it returns false.
+/// record), in sequence order, until it returns false. `resume` is the
+/// store's note of where the last chunk read stopped.
 pub fn for_each_message(
     db: &DB,
     queue: QueueId,
     lane: &Lane,
     index: &mut LaneIndex,
     span: Span,
+    resume: &Cell<Option<ChunkResume>>,
     mut found: impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
 ) -> Result<(), StorageError> {
     if index.may_have_sealed_after(span.after) {
@@ -47,8 +63,16 @@ pub fn for_each_message(
             // A chunk sealed by one large commit holds hundreds of messages;
             // a read of the next few parses only up to them.
             let going = if index.is_counted(last) {
-                let messages = keys::chunk_messages(value).map(|m| m.ok_or_else(corrupt));
-                visit_chunk(messages, index.gone_from(last), &span, &mut found)?
+                let resumed = resume.get().filter(|r| r.chunk_last == last && r.seq <= span.after);
+                let mut messages = match resumed {
+                    Some(r) => keys::chunk_messages_from(value, r.offset, r.seq).ok_or_else(corrupt)?,
+                    None => keys::chunk_messages(value),
+                };
+                let parsed = messages.by_ref().map(|m| m.ok_or_else(corrupt));
+                let going = visit_chunk(parsed, index.gone_from(last), &span, &mut found)?;
+                let (offset, seq) = (messages.offset_in(value), messages.seq());
+                resume.set(Some(ChunkResume { chunk_last: last, offset, seq }));
+                going
             } else {
                 let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
                 count_live(db, queue, (key, last), &mut messages, index)?;

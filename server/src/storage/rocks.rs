@@ -92,6 +92,8 @@ pub struct RocksStore {
     writes: RefCell<CommitWrites>,
     seq_high: Cell<u64>,
     horizon: Horizon,
+    /// Where the last read of a sealed chunk stopped.
+    chunk_resume: Cell<Option<lane_reads::ChunkResume>>,
 }
 
 #[derive(Default)]
@@ -220,6 +222,7 @@ impl RocksStore {
             writes: RefCell::new(CommitWrites::default()),
             seq_high: Cell::new(0),
             horizon,
+            chunk_resume: Cell::new(None),
         })
     }
 
@@ -684,7 +687,7 @@ impl Store for RocksStore {
         let Some(index) = indexes.get_mut(queue, lane) else { return Ok(()) };
         let mut taken = 0;
         let span = lane_reads::Span { after: after_seq, before: u64::MAX, want: limit };
-        lane_reads::for_each_message(&self.db, queue, lane, index, span, |seq, id, record| {
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, &self.chunk_resume, |seq, id, record| {
             out.push(StoredMessage { seq, id, record: bytes::Bytes::copy_from_slice(record) });
             taken += 1;
             Ok(taken < limit)
@@ -760,7 +763,7 @@ impl Store for RocksStore {
         let Some(index) = indexes.get_mut(queue, lane) else { return Ok(0) };
         let mut count = 0;
         let span = lane_reads::Span { after: after_seq, before: before_seq, want: cap.min(4096) as usize };
-        lane_reads::for_each_message(&self.db, queue, lane, index, span, |_, _, _| {
+        lane_reads::for_each_message(&self.db, queue, lane, index, span, &self.chunk_resume, |_, _, _| {
             count += 1;
             Ok(count < cap)
         })?;
@@ -1009,6 +1012,37 @@ mod tests {
         assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 4]);
         let journal = store.db.iterator_cf(store.cf(CF_JOURNAL), rocksdb::IteratorMode::Start).count();
         assert_eq!(journal, 0, "recovery ends with a checkpoint");
+    }
+
+    #[test]
+    fn a_large_chunk_is_read_on_from_where_the_last_read_stopped_and_from_anywhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        // One commit of 200 messages of one lane: one chunk.
+        let (changes, ids): (Vec<_>, Vec<_>) = (1..=200).map(|seq| put(1, "a", seq)).unzip();
+        commit(&store, changes);
+        assert_eq!(entries(&store, CF_CHUNKS), 1);
+        let read = |after: u64, limit: usize| {
+            let mut out = Vec::new();
+            store.read_ready(1, &lane("a"), after, limit, &mut out).unwrap();
+            out.iter().map(|m| m.seq).collect::<Vec<_>>()
+        };
+        // In steps, each going on from the last.
+        let mut cursor = 0;
+        for _ in 0..6 {
+            let got = read(cursor, 32);
+            assert_eq!(got, (cursor + 1..=cursor + 32).collect::<Vec<_>>());
+            cursor += 32;
+        }
+        // Back before where the last read stopped, and past it.
+        assert_eq!(read(10, 3), vec![11, 12, 13]);
+        assert_eq!(read(150, 2), vec![151, 152]);
+        assert_eq!(read(100, 2), vec![101, 102]);
+        // Messages deleted since are left out on the way.
+        commit(&store, vec![delete(1, "a", 104, ids[103]), delete(1, "a", 105, ids[104])]);
+        assert_eq!(read(102, 3), vec![103, 106, 107]);
+        assert_eq!(read(107, 1), vec![108]);
+        assert_eq!(read(195, 32), (196..=200).collect::<Vec<_>>());
     }
 
     #[test]
