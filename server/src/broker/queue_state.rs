@@ -7,6 +7,7 @@
 //! a small read-ahead buffer, so memory grows with active keys and leases,
 //! not with queue depth.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -137,28 +138,33 @@ impl QueueState {
 
     /// Records `count` new ready messages of a lane (committed to storage
     /// before they are read). `weight` is the weight they were sent with, if
-    /// any. Returns the interned fairness key.
-    pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> Arc<str> {
-        let key = match self.keys.get_key_value(&*lane.fairness_key) {
-            Some((k, _)) => Arc::clone(k),
+    /// any. Returns the lane as this queue holds it, with the interned keys:
+    /// a map keyed by lanes compares interned keys by address (`Arc`'s
+    /// equality tries that first) instead of reading the stored key, which
+    /// among many keys is a cold cache line.
+    pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> Lane {
+        let (key, state) = match self.keys.entry(Arc::clone(&lane.fairness_key)) {
+            Entry::Occupied(entry) => (Arc::clone(entry.key()), entry.into_mut()),
+            Entry::Vacant(entry) => (Arc::clone(entry.key()), entry.insert(KeyState::default())),
+        };
+        let was_in_rotation = state.deliverable();
+        let interned = match state.lane_mut(&lane.throttle) {
+            Some(l) => {
+                l.pending += count;
+                l.lane.clone()
+            }
             None => {
-                let k = Arc::clone(&lane.fairness_key);
-                self.keys.insert(Arc::clone(&k), KeyState::default());
-                k
+                let interned = Lane::new(Arc::clone(&key), lane.throttle.clone());
+                state.lanes.push(LaneState {
+                    lane: interned.clone(),
+                    pending: count,
+                    leased: 0,
+                    cursor: 0,
+                    buffer: VecDeque::new(),
+                });
+                interned
             }
         };
-        let state = self.keys.get_mut(&key).expect("just interned");
-        let was_in_rotation = state.deliverable();
-        match state.lane_mut(&lane.throttle) {
-            Some(l) => l.pending += count,
-            None => state.lanes.push(LaneState {
-                lane: Lane::new(Arc::clone(&key), lane.throttle.clone()),
-                pending: count,
-                leased: 0,
-                cursor: 0,
-                buffer: VecDeque::new(),
-            }),
-        }
         if let Some(w) = weight {
             state.message_weight = w;
         }
@@ -167,9 +173,9 @@ impl QueueState {
         // New work may not be throttled: a parked key gets another look.
         state.parked = None;
         if !was_in_rotation && state.deliverable() {
-            self.drr.join(Arc::clone(&key));
+            self.drr.join(key);
         }
-        key
+        interned
     }
 
     /// Appends a just-stored ready message (already counted by
@@ -275,6 +281,17 @@ mod tests {
         assert_eq!(q.weight_of("a", &q.keys["a"]), 3);
         q.weight_overrides.insert("a".into(), 7);
         assert_eq!(q.weight_of("a", &q.keys["a"]), 7);
+    }
+
+    #[test]
+    fn the_lane_returned_for_new_work_holds_the_queues_own_keys() {
+        let mut q = queue();
+        let first = q.add_ready(&lane("a", &["x"]), 1, None);
+        let again = q.add_ready(&lane("a", &["x"]), 1, None);
+        let (interned, _) = q.keys.get_key_value("a").unwrap();
+        assert!(Arc::ptr_eq(&first.fairness_key, interned) && Arc::ptr_eq(&again.fairness_key, interned));
+        assert_eq!(again.throttle.keys().as_ptr(), q.keys["a"].lanes[0].lane.throttle.keys().as_ptr());
+        assert_eq!(again, lane("a", &["x"]));
     }
 
     #[test]

@@ -229,12 +229,19 @@ impl LaneIndex {
             }
             return None;
         }
-        let i = self.chunks.partition_point(|c| c.last < seq);
+        let i = self.chunk_from(seq);
         let chunk = self.chunks.get_mut(i).filter(|c| c.first <= seq)?;
         chunk.live -= 1;
         if chunk.live > 0 {
-            let at = chunk.gone.partition_point(|&s| s < seq);
-            chunk.gone.insert(at, seq);
+            // Acknowledgements come mostly in order: append without
+            // searching the list, whose probes among many lanes are cold.
+            match chunk.gone.last() {
+                Some(&newest) if newest > seq => {
+                    let at = chunk.gone.partition_point(|&s| s < seq);
+                    chunk.gone.insert(at, seq);
+                }
+                _ => chunk.gone.push(seq),
+            }
             return None;
         }
         let last = chunk.last;
@@ -396,7 +403,7 @@ impl LaneIndex {
     }
 
     fn counted(&self, last: u64) -> Option<&LiveChunk> {
-        let i = self.chunks.partition_point(|c| c.last < last);
+        let i = self.chunk_from(last);
         self.chunks.get(i).filter(|c| c.last == last)
     }
 
@@ -406,9 +413,22 @@ impl LaneIndex {
         self.counted(last).map_or(&[], |c| &c.gone)
     }
 
+    /// The position of the first counted chunk ending at or after `seq`.
+    /// A lane's reads and acknowledgements move through its chunks oldest
+    /// first, so the front is tried before a binary search: among many
+    /// lanes each probe of the search is a cold cache line (with 1,000
+    /// keys and 1,000 messages queued per key, the search was 6 % of the
+    /// scheduler thread's samples in the suite's fairness workload).
+    fn chunk_from(&self, seq: u64) -> usize {
+        match self.chunks.front() {
+            Some(front) if front.last >= seq => 0,
+            _ => self.chunks.partition_point(|c| c.last < seq),
+        }
+    }
+
     /// Records the live count of a sealed chunk read for the first time.
     pub fn count_chunk(&mut self, first: u64, last: u64, live: u32) {
-        let i = self.chunks.partition_point(|c| c.last < last);
+        let i = self.chunk_from(last);
         if live == 0 || self.chunks.get(i).is_some_and(|c| c.last == last) {
             return;
         }
@@ -691,6 +711,38 @@ mod tests {
         }
         assert_eq!(index.remove(last), Some(last));
         assert!(!index.is_counted(last));
+        take_delta(&mut index);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn removals_find_their_chunk_whichever_chunk_they_hit_first() {
+        let mut index = lane();
+        // Three sealed chunks of three messages each: 1-3, 4-6, 7-9.
+        for seq in 1..=9 {
+            add(&mut index, seq, 0);
+            if seq % 3 == 0 {
+                index.seal().unwrap();
+            }
+        }
+        take_delta(&mut index);
+        assert!([3, 6, 9].iter().all(|&last| index.is_counted(last)));
+        assert_eq!(index.remove(8), None, "a later chunk first");
+        assert_eq!(index.gone_from(9), &[8]);
+        assert_eq!(index.remove(2), None);
+        assert_eq!(index.remove(5), None);
+        assert_eq!((index.gone_from(3), index.gone_from(6)), (&[2][..], &[5][..]));
+        assert_eq!(index.remove(7), None);
+        assert_eq!(index.remove(9), Some(9), "the last chunk is emptied before the front one");
+        assert_eq!(index.remove(10), None, "never stored");
+        for seq in [1, 3] {
+            index.remove(seq);
+        }
+        assert!(!index.is_counted(3));
+        assert!(index.is_counted(6));
+        assert_eq!(index.remove(4), None);
+        assert_eq!(index.gone_from(6), &[4, 5], "kept in order whatever the order of removals");
+        assert_eq!(index.remove(6), Some(6));
         take_delta(&mut index);
         assert!(index.is_empty());
     }

@@ -349,7 +349,7 @@ impl<S: Store> Scheduler<S> {
         for lane in recovered.lanes {
             match scheduler.queues.get_mut(&lane.queue) {
                 Some(queue) => {
-                    let key = queue.add_ready(&lane.lane, lane.pending, None);
+                    let key = queue.add_ready(&lane.lane, lane.pending, None).fairness_key;
                     messages += lane.pending;
                     if let Some((seq, weight)) = lane.latest_weight {
                         let latest = latest_weights.entry((lane.queue, key)).or_insert((seq, weight));
@@ -657,12 +657,15 @@ impl<S: Store> Scheduler<S> {
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut lane = lane;
         if let Some(queue) = self.queues.get_mut(&queue_id) {
             let key_weight = match weight {
                 SentWeight::SetsKeyWeight(w) if w > 0 => Some(w),
                 _ => None,
             };
-            queue.add_ready(&lane, 1, key_weight);
+            // The change carries the interned lane, which the store's lane
+            // map compares by address (see `QueueState::add_ready`).
+            lane = queue.add_ready(&lane, 1, key_weight);
             let message = StoredMessage { seq, id, record: record.clone() };
             let size = buffered_size(&message);
             if self.buffered_bytes + size <= self.buffer_budget && queue.buffer_if_caught_up(&lane, message, READ_AHEAD)
