@@ -34,6 +34,11 @@ pub struct Scale {
     /// during the measurement even if the consumers outpace the producers,
     /// so every key stays active.
     pub standing_backlog: u64,
+    /// Rounds of the fairness-cost workload, which compares cases with each
+    /// other: its ratios within one round varied by up to 25 points on the
+    /// shared two-core VM, so it takes more rounds than other workloads
+    /// take windows.
+    pub fairness_rounds: usize,
     pub depths: Vec<u64>,
 }
 
@@ -51,6 +56,7 @@ impl Scale {
             light_rate: 200.0,
             key_counts: vec![1, 1_000, 100_000],
             standing_backlog: 1_000_000,
+            fairness_rounds: 5,
             depths: vec![0, 1_000_000, 10_000_000],
         }
     }
@@ -61,6 +67,7 @@ impl Scale {
             plan: Plan { warmup: Duration::from_millis(100), window: Duration::from_millis(150), runs: 2 },
             key_counts: vec![1, 100, 1_000],
             standing_backlog: 50_000,
+            fairness_rounds: 2,
             depths: vec![0, 20_000, 50_000],
             ..Scale::full()
         }

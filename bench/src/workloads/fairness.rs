@@ -32,7 +32,7 @@ fn keys_label(keys: usize) -> String {
 
 pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
     let scale = suite.scale.clone();
-    let rounds = scale.plan.runs;
+    let rounds = scale.fairness_rounds;
     section.method = format!(
         "Batched lifecycle throughput (as in 2) on one queue whose producers spread messages over N fairness \
          keys in turn, in an order scattered over the key space (key-0, key-619, key-238, ... with 1,000 keys) \
