@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fila_server::domain::{Lane, MessageId, ThrottleSet};
-use fila_server::storage::{Change, ChangeSet, RocksStore, Store};
+use fila_server::storage::{Change, ChangeSet, LaneSlot, RocksStore, Store};
 
 const LANE_COUNTS: [usize; 3] = [1, 1_000, 100_000];
 /// Messages stored (and as many deleted) per commit.
@@ -25,6 +25,8 @@ const QUEUE: u64 = 1;
 struct Lifecycle {
     store: RocksStore,
     lanes: Vec<Lane>,
+    /// Each lane's handle in the store, as the scheduler keeps it.
+    slots: Vec<LaneSlot>,
     record: Bytes,
     next_seq: u64,
     /// Stored messages, oldest first: lane, sequence, id.
@@ -39,9 +41,10 @@ impl Lifecycle {
         // tenant-12346 are neighbours in storage too, and the inserts walk
         // the memtable in order).
         let name = |i: usize| format!("tenant-{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let lanes = (0..lanes).map(|i| Lane::new(Arc::from(name(i)), ThrottleSet::default())).collect();
+        let lanes: Vec<Lane> = (0..lanes).map(|i| Lane::new(Arc::from(name(i)), ThrottleSet::default())).collect();
         let mut run = Lifecycle {
             store: RocksStore::open(dir, false).expect("open store"),
+            slots: vec![LaneSlot::default(); lanes.len()],
             lanes,
             record: Bytes::from(vec![b'x'; 100]),
             next_seq: 0,
@@ -61,9 +64,13 @@ impl Lifecycle {
             self.next_seq += 1;
             let lane = self.next_seq as usize % self.lanes.len();
             let id = MessageId::generate();
+            if self.slots[lane] == LaneSlot::default() {
+                self.slots[lane] = self.store.lane_slot(QUEUE, &self.lanes[lane]);
+            }
             changes.push(Change::PutMessage {
                 queue: QUEUE,
                 lane: self.lanes[lane].clone(),
+                slot: self.slots[lane],
                 seq: self.next_seq,
                 id,
                 weight: 0,
@@ -73,7 +80,8 @@ impl Lifecycle {
         }
         for _ in 0..deletes {
             let (lane, seq, id) = self.queued.pop_front().expect("backlog");
-            changes.push(Change::DeleteMessage { queue: QUEUE, lane: self.lanes[lane].clone(), seq, id });
+            let (lane, slot) = (self.lanes[lane].clone(), self.slots[lane]);
+            changes.push(Change::DeleteMessage { queue: QUEUE, lane, slot, seq, id });
         }
         self.store.commit(black_box(changes)).expect("commit");
     }

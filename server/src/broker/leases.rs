@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::consumers::ConsumerId;
 use crate::domain::{Lane, LeaseToken, MessageId};
 use crate::fast_map::FastMap;
+use crate::storage::LaneSlot;
 
 /// How many recent acks are remembered to answer a repeated ack of the same
 /// token with success.
@@ -21,11 +22,21 @@ pub const RECENT_ACKS_REMEMBERED: usize = 65_536;
 pub struct Lease {
     pub token: LeaseToken,
     pub lane: Lane,
+    /// The lane's handle in the store, for the change that ends the lease.
+    pub slot: LaneSlot,
     pub seq: u64,
     pub record: Bytes,
     pub consumer: ConsumerId,
     pub deadline: Instant,
     pub granted_for: Duration,
+}
+
+/// The stored message a lease is granted for.
+pub struct Leased {
+    pub lane: Lane,
+    pub slot: LaneSlot,
+    pub seq: u64,
+    pub record: Bytes,
 }
 
 /// What a token refers to right now.
@@ -72,14 +83,11 @@ impl LeaseTable {
     }
 
     /// Starts a lease; returns its token.
-    #[allow(clippy::too_many_arguments)]
     pub fn grant(
         &mut self,
         queue: u64,
         message: MessageId,
-        lane: Lane,
-        seq: u64,
-        record: Bytes,
+        leased: Leased,
         consumer: ConsumerId,
         granted_for: Duration,
         now: Instant,
@@ -88,7 +96,8 @@ impl LeaseTable {
         let token = LeaseToken { queue, message, lease: self.next_lease };
         let deadline = now + granted_for;
         self.deadlines.insert((deadline, token.lease), message);
-        let lease = Lease { token, lane, seq, record, consumer, deadline, granted_for };
+        let Leased { lane, slot, seq, record } = leased;
+        let lease = Lease { token, lane, slot, seq, record, consumer, deadline, granted_for };
         self.by_message.insert(message, lease);
         &self.by_message[&message]
     }
@@ -164,9 +173,13 @@ mod tests {
     use super::*;
 
     fn grant(table: &mut LeaseTable, id: MessageId, ms: u64, now: Instant) -> LeaseToken {
-        table
-            .grant(1, id, Lane::new("k".into(), Default::default()), 1, Bytes::new(), 7, Duration::from_millis(ms), now)
-            .token
+        let leased = Leased {
+            lane: Lane::new("k".into(), Default::default()),
+            slot: LaneSlot::default(),
+            seq: 1,
+            record: Bytes::new(),
+        };
+        table.grant(1, id, leased, 7, Duration::from_millis(ms), now).token
     }
 
     #[test]

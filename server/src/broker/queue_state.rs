@@ -18,7 +18,7 @@ use super::rate::DecayingRate;
 use crate::domain::{Lane, ThrottleSet};
 use crate::fast_map::FastMap;
 use crate::scripting::QueueScripts;
-use crate::storage::{QueueDef, StoredMessage};
+use crate::storage::{LaneSlot, QueueDef, StoredMessage};
 
 #[derive(Debug)]
 pub struct LaneState {
@@ -32,6 +32,9 @@ pub struct LaneState {
     pub cursor: u64,
     /// Messages read ahead of delivery, in order.
     pub buffer: VecDeque<StoredMessage>,
+    /// The lane's handle in the store, once a message of this lane state
+    /// has been stored (the default until then).
+    pub slot: LaneSlot,
 }
 
 #[derive(Debug)]
@@ -138,31 +141,31 @@ impl QueueState {
 
     /// Records `count` new ready messages of a lane (committed to storage
     /// before they are read). `weight` is the weight they were sent with, if
-    /// any. Returns the lane as this queue holds it, with the interned keys:
-    /// a map keyed by lanes compares interned keys by address (`Arc`'s
+    /// any. Returns the lane's state, whose lane has the interned keys: a
+    /// map keyed by lanes compares interned keys by address (`Arc`'s
     /// equality tries that first) instead of reading the stored key, which
     /// among many keys is a cold cache line.
-    pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> Lane {
+    pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> &mut LaneState {
         let (key, state) = match self.keys.entry(Arc::clone(&lane.fairness_key)) {
             Entry::Occupied(entry) => (Arc::clone(entry.key()), entry.into_mut()),
             Entry::Vacant(entry) => (Arc::clone(entry.key()), entry.insert(KeyState::default())),
         };
         let was_in_rotation = state.deliverable();
-        let interned = match state.lane_mut(&lane.throttle) {
-            Some(l) => {
-                l.pending += count;
-                l.lane.clone()
+        let at = match state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
+            Some(at) => {
+                state.lanes[at].pending += count;
+                at
             }
             None => {
-                let interned = Lane::new(Arc::clone(&key), lane.throttle.clone());
                 state.lanes.push(LaneState {
-                    lane: interned.clone(),
+                    lane: Lane::new(Arc::clone(&key), lane.throttle.clone()),
                     pending: count,
                     leased: 0,
                     cursor: 0,
                     buffer: VecDeque::new(),
+                    slot: LaneSlot::default(),
                 });
-                interned
+                state.lanes.len() - 1
             }
         };
         if let Some(w) = weight {
@@ -175,7 +178,7 @@ impl QueueState {
         if !was_in_rotation && state.deliverable() {
             self.drr.join(key);
         }
-        interned
+        &mut state.lanes[at]
     }
 
     /// Appends a just-stored ready message (already counted by
@@ -286,8 +289,8 @@ mod tests {
     #[test]
     fn the_lane_returned_for_new_work_holds_the_queues_own_keys() {
         let mut q = queue();
-        let first = q.add_ready(&lane("a", &["x"]), 1, None);
-        let again = q.add_ready(&lane("a", &["x"]), 1, None);
+        let first = q.add_ready(&lane("a", &["x"]), 1, None).lane.clone();
+        let again = q.add_ready(&lane("a", &["x"]), 1, None).lane.clone();
         let (interned, _) = q.keys.get_key_value("a").unwrap();
         assert!(Arc::ptr_eq(&first.fairness_key, interned) && Arc::ptr_eq(&again.fairness_key, interned));
         assert_eq!(again.throttle.keys().as_ptr(), q.keys["a"].lanes[0].lane.throttle.keys().as_ptr());

@@ -458,6 +458,19 @@ pub struct Slot {
 /// Handle of a lane's slot, valid until the lane is forgotten.
 pub type SlotId = usize;
 
+/// A lane's slot as the store hands it out (`Store::lane_slot`), for the
+/// scheduler to pass back with the lane's changes: a commit then reaches
+/// the lane's index without looking its name up, which among many lanes
+/// is two cold cache lines per change. It goes stale when the lane is
+/// forgotten and its slot reused (the slot's generation moves on); a stale
+/// or default one is looked up by name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneSlot {
+    id: u32,
+    /// 0 for none: generations start at 1.
+    generation: u32,
+}
+
 /// The index of every lane with something stored, in slots: a commit looks
 /// a lane up once per change and reaches it by handle afterwards.
 #[derive(Debug, Default)]
@@ -471,6 +484,9 @@ pub struct LaneIndexes {
     /// bytes apart (with 1,000,000 lanes, 8 MB read every 4 MiB of log
     /// instead of hundreds).
     open_bounds: Vec<u64>,
+    /// Each slot's generation, moved on when its lane is forgotten, so that
+    /// a [`LaneSlot`] handed out for it goes stale.
+    generations: Vec<u32>,
     free: Vec<SlotId>,
     /// Bytes of records held for open messages by lanes not being changed
     /// (a commit takes a lane's share out while it changes the lane).
@@ -495,11 +511,32 @@ impl LaneIndexes {
             None => {
                 self.slots.push(slot);
                 self.open_bounds.push(u64::MAX);
+                self.generations.push(1);
                 self.slots.len() - 1
             }
         };
         lanes.insert(lane.clone(), id);
         id
+    }
+
+    /// The handle of a lane's slot, made (empty) if the lane has none.
+    pub fn lane_slot(&mut self, queue: QueueId, lane: &Lane) -> LaneSlot {
+        let id = self.slot_of(queue, lane);
+        LaneSlot { id: id as u32, generation: self.generations[id] }
+    }
+
+    /// The slot of a lane: the one `slot` names if it is still the lane's,
+    /// else the one found (or made) by name.
+    pub fn resolve(&mut self, slot: LaneSlot, queue: QueueId, lane: &Lane) -> SlotId {
+        let id = slot.id as usize;
+        if self.generations.get(id) == Some(&slot.generation) {
+            debug_assert!(
+                self.slots[id].as_ref().is_some_and(|s| s.queue == queue && s.lane == *lane),
+                "a lane slot passed with another lane"
+            );
+            return id;
+        }
+        self.slot_of(queue, lane)
     }
 
     /// Adds a lane as recovered from its tally.
@@ -557,9 +594,15 @@ impl LaneIndexes {
             if let Some(lanes) = self.ids.get_mut(&slot.queue) {
                 lanes.remove(&slot.lane);
             }
-            self.open_bounds[id] = u64::MAX;
-            self.free.push(id);
+            self.free_slot(id);
         }
+    }
+
+    fn free_slot(&mut self, id: SlotId) {
+        self.open_bounds[id] = u64::MAX;
+        // Past u32::MAX it wraps to 1, not to 0 (no slot).
+        self.generations[id] = self.generations[id].checked_add(1).unwrap_or(1);
+        self.free.push(id);
     }
 
     /// Forgets every lane of a queue.
@@ -568,8 +611,7 @@ impl LaneIndexes {
             if let Some(slot) = self.slots[id].take() {
                 self.records_bytes = self.records_bytes.saturating_sub(slot.index.body_bytes());
             }
-            self.open_bounds[id] = u64::MAX;
-            self.free.push(id);
+            self.free_slot(id);
         }
     }
 }
@@ -756,6 +798,27 @@ mod tests {
         let sealed = index.seal_if_full().expect("a chunk's worth of bytes");
         assert_eq!(sealed.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert!(index.seal_if_full().is_none(), "nothing left open");
+    }
+
+    #[test]
+    fn a_lane_slot_reaches_its_lane_until_the_lane_is_forgotten() {
+        let named = |key: &str| Lane::new(Arc::from(key), Default::default());
+        let mut indexes = LaneIndexes::default();
+        let a = indexes.lane_slot(1, &named("a"));
+        let id = indexes.resolve(a, 1, &named("a"));
+        assert_eq!(indexes.lane_slot(1, &named("a")), a, "one slot per lane");
+        assert_eq!(indexes.resolve(LaneSlot::default(), 1, &named("a")), id, "the default goes by name");
+        indexes.forget(id);
+        let b = indexes.lane_slot(1, &named("b"));
+        let b_id = indexes.resolve(b, 1, &named("b"));
+        assert_eq!(b_id, id, "the freed slot is reused");
+        assert_ne!(b, a, "under another generation");
+        // A's stale handle finds (here: makes) a's own slot, not b's.
+        let a_again = indexes.resolve(a, 1, &named("a"));
+        assert_ne!(a_again, b_id);
+        assert_eq!(indexes.slot_mut(a_again).lane, named("a"));
+        indexes.forget_queue(1);
+        assert_ne!(indexes.lane_slot(1, &named("b")), b, "forgetting a queue ages its slots too");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod write_order;
 
 use bytes::Bytes;
 
+pub use lane_index::LaneSlot;
 pub use rocks::RocksStore;
 
 use crate::domain::{Lane, MessageId, QueueId, QueueSettings, ScriptSources, StorageError, ThrottleLimit};
@@ -39,6 +40,8 @@ pub enum Change {
     PutMessage {
         queue: QueueId,
         lane: Lane,
+        /// The lane's slot from [`Store::lane_slot`], or the default.
+        slot: LaneSlot,
         seq: u64,
         id: MessageId,
         /// The weight the producer sent (0 = none), for recovery.
@@ -48,6 +51,8 @@ pub enum Change {
     DeleteMessage {
         queue: QueueId,
         lane: Lane,
+        /// The lane's slot from [`Store::lane_slot`], or the default.
+        slot: LaneSlot,
         seq: u64,
         id: MessageId,
     },
@@ -176,6 +181,12 @@ pub trait Store: Send + 'static {
     fn recover(&self) -> Result<Recovered, StorageError>;
     /// Applies all changes atomically; returns once they are in the WAL.
     fn commit(&self, changes: ChangeSet) -> Result<(), StorageError>;
+    /// A handle for the lane's changes, so that commits reach the lane
+    /// without a lookup by name (the default handle always works, by
+    /// name). Call it for a lane about to get a message in this round's
+    /// commit; a lane left with nothing stored is forgotten at the end of
+    /// a commit, and its handles then fall back to the name.
+    fn lane_slot(&self, queue: QueueId, lane: &Lane) -> LaneSlot;
     /// Appends to `out` up to `limit` messages of one lane with a sequence
     /// above `after_seq`, in order.
     fn read_ready(

@@ -11,7 +11,7 @@ use rocksdb::{
 
 use super::journal::{self, Journal};
 use super::keys;
-use super::lane_index::{LaneIndex, LaneIndexes, OpenMessage, Slot, SlotId};
+use super::lane_index::{LaneIndex, LaneIndexes, LaneSlot, OpenMessage, Slot, SlotId};
 use super::lane_reads;
 use super::log_gc::Horizon;
 use super::tally::{self, Tally};
@@ -482,8 +482,8 @@ impl RocksStore {
 /// The slot of `lane`, noted in `touched` the first time a commit changes
 /// it; its records held in memory are left out of the total until the
 /// commit ends.
-fn touch(indexes: &mut LaneIndexes, touched: &mut Vec<SlotId>, queue: QueueId, lane: &Lane) -> SlotId {
-    let id = indexes.slot_of(queue, lane);
+fn touch(indexes: &mut LaneIndexes, touched: &mut Vec<SlotId>, queue: QueueId, lane: &Lane, slot: LaneSlot) -> SlotId {
+    let id = indexes.resolve(slot, queue, lane);
     let index = &indexes.slot_mut(id).index;
     if !index.is_touched() {
         let held = index.body_bytes();
@@ -569,18 +569,18 @@ impl Store for RocksStore {
                     queue_deleted = true;
                 }
                 Change::SetNextQueueId(next) => batch.put_cf(self.cf(CF_META), NEXT_QUEUE_ID, next.to_be_bytes()),
-                Change::PutMessage { queue, lane, seq, id, weight, record } => {
+                Change::PutMessage { queue, lane, slot, seq, id, weight, record } => {
                     // Into the log or a chunk when the commit ends.
                     index_writes
                         .put_with(keys::index_key(*queue, *id), |out| keys::push_index_value(out, lane, *seq, *weight));
-                    let slot = touch(&mut indexes, &mut touched, *queue, lane);
+                    let slot = touch(&mut indexes, &mut touched, *queue, lane, *slot);
                     indexes.slot_mut(slot).index.add(*seq, *weight, *id, record.clone());
                     seq_high = seq_high.max(*seq);
                 }
-                Change::DeleteMessage { queue, lane, seq, id } => {
+                Change::DeleteMessage { queue, lane, slot, seq, id } => {
                     // Its log entry, if it has one, is left to compactions.
                     index_writes.delete(keys::index_key(*queue, *id));
-                    let slot = touch(&mut indexes, &mut touched, *queue, lane);
+                    let slot = touch(&mut indexes, &mut touched, *queue, lane, *slot);
                     if let Some(last) = indexes.slot_mut(slot).index.remove(*seq) {
                         batch.delete_cf(self.cf(CF_CHUNKS), keys::chunk_key(*queue, lane, last));
                     }
@@ -673,6 +673,10 @@ impl Store for RocksStore {
             self.checkpoint(&mut indexes, &mut journal)?;
         }
         Ok(())
+    }
+
+    fn lane_slot(&self, queue: QueueId, lane: &Lane) -> LaneSlot {
+        self.lanes.borrow_mut().lane_slot(queue, lane)
     }
 
     fn read_ready(
@@ -806,6 +810,7 @@ mod tests {
         let change = Change::PutMessage {
             queue,
             lane: lane(key),
+            slot: LaneSlot::default(),
             seq,
             id,
             weight: 0,
@@ -830,6 +835,7 @@ mod tests {
         changes.push(Change::PutMessage {
             queue: 1,
             lane: throttled.clone(),
+            slot: LaneSlot::default(),
             seq: 3,
             id: MessageId::generate(),
             weight: 0,
@@ -864,6 +870,7 @@ mod tests {
             let weighted = Change::PutMessage {
                 queue: 1,
                 lane: lane("b"),
+                slot: LaneSlot::default(),
                 seq: 4,
                 id: MessageId::generate(),
                 weight: 3,
@@ -900,7 +907,10 @@ mod tests {
         assert_eq!(rec.weights, vec![(1, "a".to_string(), 9)]);
         assert_eq!(rec.config, vec![("tenant.acme".to_string(), "gold".to_string())]);
         assert!(store.contains_message(1, id).unwrap());
-        commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 7, id }]);
+        commit(
+            &store,
+            vec![Change::DeleteMessage { queue: 1, lane: lane("a"), slot: LaneSlot::default(), seq: 7, id }],
+        );
         assert!(!store.contains_message(1, id).unwrap());
     }
 
@@ -941,9 +951,9 @@ mod tests {
         commit(
             &store,
             vec![
-                Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 1, id: a1_id },
+                Change::DeleteMessage { queue: 1, lane: lane("a"), slot: LaneSlot::default(), seq: 1, id: a1_id },
                 put(1, "a", 5).0,
-                Change::DeleteMessage { queue: 1, lane: lane("b"), seq: 2, id: b2_id },
+                Change::DeleteMessage { queue: 1, lane: lane("b"), slot: LaneSlot::default(), seq: 2, id: b2_id },
             ],
         );
         let rec = store.recover().unwrap();
@@ -970,7 +980,7 @@ mod tests {
     }
 
     fn delete(queue: QueueId, key: &str, seq: u64, id: MessageId) -> Change {
-        Change::DeleteMessage { queue, lane: lane(key), seq, id }
+        Change::DeleteMessage { queue, lane: lane(key), slot: LaneSlot::default(), seq, id }
     }
 
     #[test]
@@ -982,7 +992,16 @@ mod tests {
             store.recover().unwrap();
             commit(&store, vec![first, put(1, "a", 2).0, put(1, "b", 3).0]);
             commit(&store, vec![put(1, "a", 4).0, put(1, "b", 5).0]);
-            commit(&store, vec![Change::DeleteMessage { queue: 1, lane: lane("a"), seq: 1, id: first_id }]);
+            commit(
+                &store,
+                vec![Change::DeleteMessage {
+                    queue: 1,
+                    lane: lane("a"),
+                    slot: LaneSlot::default(),
+                    seq: 1,
+                    id: first_id,
+                }],
+            );
             // Rewrite the journal as a version before numbered lanes wrote it.
             let family = store.cf(CF_JOURNAL);
             let entries: Vec<_> =
@@ -1369,6 +1388,7 @@ mod tests {
                                 changes.push(Change::PutMessage {
                                     queue: 1,
                                     lane: lane_of,
+                                    slot: LaneSlot::default(),
                                     seq: again,
                                     id,
                                     weight: 0,

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Scheduler, MAX_FRAME_BYTES, MAX_FRAME_DELIVERIES, READ_AHEAD};
 use crate::broker::consumers::{Consumer, ConsumerEvent, ConsumerId};
+use crate::broker::leases::Leased;
 use crate::broker::queue_state::{buffered_size, effective_weight, KeyState, LaneState};
 use crate::broker::throttle::Throttles;
 use crate::broker::Delivery;
@@ -73,7 +74,7 @@ impl<S: Store> Scheduler<S> {
             *buffered_bytes -= buffered_size(&message);
             lane.pending -= 1;
             lane.leased += 1;
-            let lane_id = lane.lane.clone();
+            let (lane_id, slot) = (lane.lane.clone(), lane.slot);
             key_state.pending -= 1;
             key_state.leased += 1;
             key_state.delivery_rate.record(now);
@@ -85,8 +86,8 @@ impl<S: Store> Scheduler<S> {
             }
             queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
-            let lease =
-                leases.grant(queue_id, message.id, lane_id, message.seq, message.record, consumer_id, timeout, now);
+            let leased = Leased { lane: lane_id, slot, seq: message.seq, record: message.record };
+            let lease = leases.grant(queue_id, message.id, leased, consumer_id, timeout, now);
             let delivery = Delivery {
                 queue: Arc::clone(&queue.name),
                 record: lease.record.clone(),

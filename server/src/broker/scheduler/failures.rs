@@ -143,6 +143,7 @@ impl<S: Store> Scheduler<S> {
                     round.changes.push(Change::DeleteMessage {
                         queue: queue_id,
                         lane: lane.lane.clone(),
+                        slot: lane.slot,
                         seq: message.seq,
                         id: message.id,
                     });

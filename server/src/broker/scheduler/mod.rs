@@ -34,7 +34,7 @@ use crate::domain::{
 };
 use crate::fast_map::FastMap;
 use crate::scripting::{QueueScripts, ScriptLimits};
-use crate::storage::{Change, ChangeSet, QueueDef, Store, StoredMessage};
+use crate::storage::{Change, ChangeSet, LaneSlot, QueueDef, Store, StoredMessage};
 
 /// Most commands taken into one round, so expiries and deliveries keep
 /// flowing under a flood of requests.
@@ -349,7 +349,7 @@ impl<S: Store> Scheduler<S> {
         for lane in recovered.lanes {
             match scheduler.queues.get_mut(&lane.queue) {
                 Some(queue) => {
-                    let key = queue.add_ready(&lane.lane, lane.pending, None).fairness_key;
+                    let key = Arc::clone(&queue.add_ready(&lane.lane, lane.pending, None).lane.fairness_key);
                     messages += lane.pending;
                     if let Some((seq, weight)) = lane.latest_weight {
                         let latest = latest_weights.entry((lane.queue, key)).or_insert((seq, weight));
@@ -657,15 +657,20 @@ impl<S: Store> Scheduler<S> {
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut lane = lane;
+        let (mut lane, mut slot) = (lane, LaneSlot::default());
         if let Some(queue) = self.queues.get_mut(&queue_id) {
             let key_weight = match weight {
                 SentWeight::SetsKeyWeight(w) if w > 0 => Some(w),
                 _ => None,
             };
             // The change carries the interned lane, which the store's lane
-            // map compares by address (see `QueueState::add_ready`).
-            lane = queue.add_ready(&lane, 1, key_weight);
+            // map compares by address (see `QueueState::add_ready`), and
+            // the lane's handle in the store, so that it needs no lookup.
+            let state = queue.add_ready(&lane, 1, key_weight);
+            if state.slot == LaneSlot::default() {
+                state.slot = self.store.lane_slot(queue_id, &state.lane);
+            }
+            (lane, slot) = (state.lane.clone(), state.slot);
             let message = StoredMessage { seq, id, record: record.clone() };
             let size = buffered_size(&message);
             if self.buffered_bytes + size <= self.buffer_budget && queue.buffer_if_caught_up(&lane, message, READ_AHEAD)
@@ -677,7 +682,7 @@ impl<S: Store> Scheduler<S> {
         let weight = match weight {
             SentWeight::SetsKeyWeight(w) | SentWeight::Kept(w) => w,
         };
-        round.changes.push(Change::PutMessage { queue: queue_id, lane, seq, id, weight, record });
+        round.changes.push(Change::PutMessage { queue: queue_id, lane, slot, seq, id, weight, record });
     }
 
     fn subscribe(
@@ -817,6 +822,7 @@ impl<S: Store> Scheduler<S> {
         round.changes.push(Change::DeleteMessage {
             queue: lease.token.queue,
             lane: lease.lane.clone(),
+            slot: lease.slot,
             seq: lease.seq,
             id: lease.token.message,
         });
