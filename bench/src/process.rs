@@ -98,6 +98,42 @@ impl Drop for Process {
     }
 }
 
+/// CPU time a process has used so far, all its threads together (exited
+/// ones included, from `/proc/<pid>/stat`: user and system time, in clock
+/// ticks), and, for each of `thread_prefixes`, its live threads whose
+/// names start with it (from each `/proc/<pid>/task/<tid>/schedstat`, in
+/// nanoseconds).
+pub fn cpu_times(pid: u32, thread_prefixes: &[&str]) -> Result<(Duration, Vec<Duration>)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: the state first (field 3), utime and stime 11 and 12
+    // further (fields 14 and 15).
+    let after_name = stat.rfind(')').with_context(|| format!("no command name in {path}"))? + 2;
+    let fields: Vec<&str> = stat[after_name..].split(' ').collect();
+    let field = |i: usize| {
+        fields.get(i).and_then(|f| f.parse::<u64>().ok()).with_context(|| format!("field {} of {path}", i + 3))
+    };
+    let ticks = field(11)? + field(12)?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(ticks_per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+    let process = Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second as u64);
+    let mut threads = vec![Duration::ZERO; thread_prefixes.len()];
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let dir = task?.path();
+        // A thread may exit between the listing and the reads.
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else { continue };
+        let Some(group) = thread_prefixes.iter().position(|prefix| name.starts_with(prefix)) else { continue };
+        let Ok(schedstat) = std::fs::read_to_string(dir.join("schedstat")) else { continue };
+        let on_cpu = schedstat.split(' ').next().and_then(|ns| ns.parse().ok());
+        threads[group] +=
+            Duration::from_nanos(on_cpu.with_context(|| format!("malformed schedstat in {}", dir.display()))?);
+    }
+    Ok((process, threads))
+}
+
 /// VmRSS of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use fila_sdk::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::{free_port, wait_until_serving, Process};
+use crate::process::{cpu_times, free_port, wait_until_serving, Process};
 
 /// How long a start (including recovery of a large database) may take.
 const START_LIMIT: Duration = Duration::from_secs(120);
@@ -55,6 +55,21 @@ fn build_with_cargo(cargo: &std::ffi::OsStr, profile_dir: &Path) -> Result<()> {
         .context("running cargo build -p fila-server")?;
     anyhow::ensure!(status.success(), "cargo build -p fila-server failed: {status}");
     Ok(())
+}
+
+/// The name the server gives the thread that owns all queue state
+/// (`server/src/broker/mod.rs`).
+const SCHEDULER_THREAD: &str = "fila-scheduler";
+/// How RocksDB's flush and compaction threads are named
+/// (`rocksdb:high`, `rocksdb:low`).
+const ROCKSDB_THREADS: &str = "rocksdb:";
+
+/// CPU time a server has used so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerCpu {
+    pub process: Duration,
+    pub scheduler: Duration,
+    pub storage: Duration,
 }
 
 /// A `fila-server` process with its own temporary data directory.
@@ -134,6 +149,14 @@ impl FilaServer {
 
     pub fn rss_bytes(&self) -> Result<u64> {
         self.process.as_ref().context("fila-server is not running")?.rss_bytes()
+    }
+
+    /// CPU time used so far by the server, by its scheduler thread and by
+    /// RocksDB's background threads (flushes and compactions).
+    pub fn cpu_times(&self) -> Result<ServerCpu> {
+        let pid = self.process.as_ref().context("fila-server is not running")?.pid();
+        let (process, threads) = cpu_times(pid, &[SCHEDULER_THREAD, ROCKSDB_THREADS])?;
+        Ok(ServerCpu { process, scheduler: threads[0], storage: threads[1] })
     }
 
     pub async fn client(&self) -> Result<Client> {

@@ -3,20 +3,20 @@
 //! shares deliveries by weight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::brokers::fila::{create_queue, Shape};
-use crate::brokers::fila_server::FilaServer;
+use crate::brokers::fila_server::{FilaServer, ServerCpu};
 use crate::load::{Consume, KeyCounts};
 use crate::measure::{Plan, Probe, Stat};
 use crate::report::{thousands, Section, Unit};
 use crate::suite::Suite;
 
 use super::fila_load::{fill, lifecycle};
-use super::lifecycle::acked_rate;
 use super::{progress, record_all, Figures};
 
 const QUEUE: &str = "fair";
@@ -43,7 +43,10 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
          {SLOW_RATE} per second, so the scheduler keeps meeting a key it must hold back. The cases take turns \
          in {rounds} rounds (every case once per round, each on a fresh server, one warm-up and one window), so \
          that a machine whose speed drifts over minutes weighs on every case alike: a case's throughput is its \
-         median over the rounds, and its share of one key's is the median of the ratios within a round.",
+         median over the rounds, and its share of one key's is the median of the ratios within a round. Each \
+         case also gives the server's CPU time per acknowledged message over the same window, from /proc: the \
+         whole process, its scheduler thread, and RocksDB's flush and compaction threads; on a shared machine \
+         it varies less than throughput, and it shows where a case's extra cost goes.",
         thousands(scale.standing_backlog),
         thousands(scale.max_backlog)
     );
@@ -56,7 +59,7 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
         for (&(count, throttled), result) in cases.iter().zip(&mut results) {
             let Ok(rounds_so_far) = result else { continue };
             match keyed_throughput(suite, &one_window, count, throttled).await {
-                Ok((throughput, active_keys)) => {
+                Ok((Window { throughput, cpu }, active_keys)) => {
                     progress(&format!(
                         "{}, round {round}: {}",
                         case_label(count, throttled),
@@ -68,6 +71,7 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
                         rounds_so_far.of_one_key.push(throughput / base * 100.0);
                     }
                     rounds_so_far.throughput.push(throughput);
+                    rounds_so_far.cpu.push(cpu);
                     rounds_so_far.active_keys = active_keys;
                 }
                 Err(error) => *result = Err(error),
@@ -80,6 +84,12 @@ pub async fn cost(suite: &mut Suite, section: &mut Section) -> Result<()> {
             if !r.of_one_key.is_empty() {
                 figures.push(("of 1 key's throughput".to_owned(), Unit::Percent, Stat::of(r.of_one_key)));
             }
+            let cpu = |metric: &str, of: fn(&CpuPerMessage) -> f64| {
+                (metric.to_owned(), Unit::Micros, Stat::of(r.cpu.iter().map(of).collect()))
+            };
+            figures.push(cpu("server CPU per message", |c| c.server));
+            figures.push(cpu("of which the scheduler thread", |c| c.scheduler));
+            figures.push(cpu("of which RocksDB's flushes and compactions", |c| c.storage));
             figures.push(("active keys at the end".to_owned(), Unit::Count, Stat::once(r.active_keys as f64)));
             figures
         });
@@ -108,12 +118,64 @@ struct Rounds {
     throughput: Vec<f64>,
     /// Percent of the same round's one-key throughput.
     of_one_key: Vec<f64>,
+    /// CPU time per acknowledged message (µs) of each window.
+    cpu: Vec<CpuPerMessage>,
     active_keys: u64,
 }
 
-/// Throughput with `keys` active keys (and a throttled key if asked), and
-/// the number of active keys at the end as a check.
-async fn keyed_throughput(suite: &Suite, plan: &Plan, keys: usize, throttled: bool) -> Result<(f64, u64)> {
+/// What one window of a case measured.
+struct Window {
+    throughput: f64,
+    cpu: CpuPerMessage,
+}
+
+/// CPU time per acknowledged message, µs: the server's, its scheduler
+/// thread's, RocksDB's background threads'.
+#[derive(Clone, Copy)]
+struct CpuPerMessage {
+    server: f64,
+    scheduler: f64,
+    storage: f64,
+}
+
+/// Acknowledged messages per second, and the server's CPU time per
+/// acknowledged message: a steadier measure of the broker's own cost than
+/// throughput on a shared machine, and the one a profile explains.
+struct RateAndCpu<'a> {
+    acked: &'a AtomicU64,
+    server: &'a FilaServer,
+    start: (u64, ServerCpu),
+}
+
+impl Probe for RateAndCpu<'_> {
+    type Output = Window;
+
+    async fn begin(&mut self) -> Result<()> {
+        self.start = (self.acked.load(Ordering::Relaxed), self.server.cpu_times()?);
+        Ok(())
+    }
+
+    async fn end(&mut self, elapsed: Duration) -> Result<Window> {
+        let (acked, cpu) = (self.acked.load(Ordering::Relaxed), self.server.cpu_times()?);
+        let messages = (acked - self.start.0) as f64;
+        anyhow::ensure!(messages > 0.0, "nothing was acknowledged during the window");
+        let start = self.start.1;
+        let per_message = |end: Duration, start: Duration| end.saturating_sub(start).as_secs_f64() * 1e6 / messages;
+        Ok(Window {
+            throughput: messages / elapsed.as_secs_f64(),
+            cpu: CpuPerMessage {
+                server: per_message(cpu.process, start.process),
+                scheduler: per_message(cpu.scheduler, start.scheduler),
+                storage: per_message(cpu.storage, start.storage),
+            },
+        })
+    }
+}
+
+/// Throughput and CPU per message with `keys` active keys (and a
+/// throttled key if asked), and the number of active keys at the end as a
+/// check.
+async fn keyed_throughput(suite: &Suite, plan: &Plan, keys: usize, throttled: bool) -> Result<(Window, u64)> {
     let scale = &suite.scale;
     let server = FilaServer::start(&suite.fila_binary, &[], true).await?;
     let client = server.client().await?;
@@ -131,9 +193,11 @@ async fn keyed_throughput(suite: &Suite, plan: &Plan, keys: usize, throttled: bo
     fill(&server, QUEUE, &shape, None, scale.standing_backlog.max(keys as u64 * 10)).await?;
     let consume = Consume { batch: scale.batch, ..Consume::default() };
     let load = lifecycle(&server, QUEUE, scale, &shape, scale.lifecycle_produce(scale.batch), consume).await?;
-    let throughput = acked_rate(plan, load).await?;
+    let counters = Arc::clone(&load.counters);
+    let mut probe = RateAndCpu { acked: &counters.acked, server: &server, start: Default::default() };
+    let window = plan.measure_and_stop(load, &mut probe).await?.pop().context("no window measured")?;
     let stats = client.queue_stats(QUEUE, Some(1)).await.context("GetQueueStats")?;
-    Ok((throughput.median, stats.active_keys))
+    Ok((window, stats.active_keys))
 }
 
 pub async fn accuracy(suite: &mut Suite, section: &mut Section) -> Result<()> {
