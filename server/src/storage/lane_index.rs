@@ -197,13 +197,7 @@ impl LaneIndex {
             delta.weight_seq = seq;
             delta.weight = weight;
         }
-        match delta.open.last() {
-            Some(&last) if last > seq => {
-                let at = delta.open.partition_point(|&s| s < seq);
-                delta.open.insert(at, seq);
-            }
-            _ => delta.open.push(seq),
-        }
+        insert_ascending(&mut delta.open, seq);
     }
 
     /// Records that the message at `seq` left the lane. Returns the last
@@ -233,15 +227,8 @@ impl LaneIndex {
         let chunk = self.chunks.get_mut(i).filter(|c| c.first <= seq)?;
         chunk.live -= 1;
         if chunk.live > 0 {
-            // Acknowledgements come mostly in order: append without
-            // searching the list, whose probes among many lanes are cold.
-            match chunk.gone.last() {
-                Some(&newest) if newest > seq => {
-                    let at = chunk.gone.partition_point(|&s| s < seq);
-                    chunk.gone.insert(at, seq);
-                }
-                _ => chunk.gone.push(seq),
-            }
+            // Acknowledgements come mostly in order.
+            insert_ascending(&mut chunk.gone, seq);
             return None;
         }
         let last = chunk.last;
@@ -444,6 +431,18 @@ fn insert_sorted(open: &mut VecDeque<OpenMessage>, message: OpenMessage) {
             open.insert(at, message);
         }
         _ => open.push_back(message),
+    }
+}
+
+/// Keeps `list` ascending. Sequences usually come in order, so the back is
+/// tried before a search, whose probes among many lanes are cold.
+fn insert_ascending(list: &mut Vec<u64>, seq: u64) {
+    match list.last() {
+        Some(&last) if last > seq => {
+            let at = list.partition_point(|&s| s < seq);
+            list.insert(at, seq);
+        }
+        _ => list.push(seq),
     }
 }
 
