@@ -4,19 +4,16 @@
 //! kept in an ordered map (not a heap) so an ack removes its timer at once
 //! instead of leaving it behind until it would have fired.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::consumers::ConsumerId;
+use super::ended_leases::{EndedLeases, Ending};
 use crate::domain::{Lane, LeaseToken, MessageId};
 use crate::fast_map::FastMap;
 use crate::storage::LaneSlot;
-
-/// How many recent acks are remembered to answer a repeated ack of the same
-/// token with success.
-pub const RECENT_ACKS_REMEMBERED: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -48,8 +45,8 @@ pub enum TokenState {
     Superseded,
     /// This token acked the message recently.
     AckedByThisToken,
-    /// Another token acked the message recently.
-    AckedByOtherToken,
+    /// This token's lease ended recently without an ack (nack, expiry).
+    Failed,
     /// Nothing is known in memory; storage must tell.
     Unknown,
 }
@@ -57,8 +54,7 @@ pub enum TokenState {
 pub struct LeaseTable {
     by_message: FastMap<MessageId, Lease>,
     deadlines: BTreeMap<(Instant, u64), MessageId>,
-    recent_acks: FastMap<MessageId, u64>,
-    recent_order: VecDeque<MessageId>,
+    ended: EndedLeases,
     next_lease: u64,
 }
 
@@ -76,8 +72,7 @@ impl LeaseTable {
         LeaseTable {
             by_message: FastMap::default(),
             deadlines: BTreeMap::new(),
-            recent_acks: FastMap::default(),
-            recent_order: VecDeque::new(),
+            ended: EndedLeases::default(),
             next_lease: seed,
         }
     }
@@ -111,30 +106,26 @@ impl LeaseTable {
         if let Some(lease) = self.by_message.get(&token.message) {
             return if lease.token == *token { TokenState::Current } else { TokenState::Superseded };
         }
-        match self.recent_acks.get(&token.message) {
-            Some(&lease) if lease == token.lease => TokenState::AckedByThisToken,
-            Some(_) => TokenState::AckedByOtherToken,
+        match self.ended.ending(token.lease, token.message) {
+            Some(Ending::Acked) => TokenState::AckedByThisToken,
+            Some(Ending::Failed) => TokenState::Failed,
             None => TokenState::Unknown,
         }
     }
 
-    /// Ends a lease (ack, nack, expiry or queue deletion).
-    pub fn remove(&mut self, message: MessageId) -> Option<Lease> {
-        let lease = self.by_message.remove(&message)?;
-        self.deadlines.remove(&(lease.deadline, lease.token.lease));
+    /// Ends a lease: acked, or failed (nack, expiry, or taken back before
+    /// it was delivered). Its token is remembered with how it ended.
+    pub fn end(&mut self, message: MessageId, ending: Ending) -> Option<Lease> {
+        let lease = self.forget(message)?;
+        self.ended.record(lease.token.lease, message, ending);
         Some(lease)
     }
 
-    /// Remembers that `token` acked its message, for idempotent re-acks.
-    pub fn remember_ack(&mut self, token: &LeaseToken) {
-        if self.recent_acks.insert(token.message, token.lease).is_none() {
-            self.recent_order.push_back(token.message);
-        }
-        while self.recent_order.len() > RECENT_ACKS_REMEMBERED {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent_acks.remove(&old);
-            }
-        }
+    /// Drops a lease without remembering its token (its queue is deleted).
+    fn forget(&mut self, message: MessageId) -> Option<Lease> {
+        let lease = self.by_message.remove(&message)?;
+        self.deadlines.remove(&(lease.deadline, lease.token.lease));
+        Some(lease)
     }
 
     /// Moves a live lease's deadline to `now + timeout` (or its original
@@ -157,14 +148,14 @@ impl LeaseTable {
         if deadline > now {
             return None;
         }
-        self.remove(message)
+        self.end(message, Ending::Failed)
     }
 
     /// Removes every lease of a queue.
     pub fn remove_queue(&mut self, queue: u64) -> Vec<Lease> {
         let ids: Vec<MessageId> =
             self.by_message.values().filter(|l| l.token.queue == queue).map(|l| l.token.message).collect();
-        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+        ids.into_iter().filter_map(|id| self.forget(id)).collect()
     }
 }
 
@@ -211,30 +202,23 @@ mod tests {
     }
 
     #[test]
-    fn tells_current_superseded_and_acked_tokens_apart() {
+    fn tells_current_superseded_acked_and_failed_tokens_apart() {
         let mut t = LeaseTable::new();
         let now = Instant::now();
         let first = grant(&mut t, MessageId(1), 100, now);
         assert_eq!(t.state_of(&first), TokenState::Current);
-        t.remove(MessageId(1));
-        assert_eq!(t.state_of(&first), TokenState::Unknown);
+        t.pop_expired(now + Duration::from_millis(100)).expect("due");
+        assert_eq!(t.state_of(&first), TokenState::Failed);
         let second = grant(&mut t, MessageId(1), 100, now);
         assert_ne!(first.lease, second.lease);
         assert_eq!(t.state_of(&first), TokenState::Superseded);
         assert!(t.extend(&first, None, now).is_none(), "a stale token cannot extend");
-        t.remove(MessageId(1));
-        t.remember_ack(&second);
+        t.end(MessageId(1), Ending::Acked);
         assert_eq!(t.state_of(&second), TokenState::AckedByThisToken);
-        assert_eq!(t.state_of(&first), TokenState::AckedByOtherToken);
-    }
-
-    #[test]
-    fn forgets_old_acks_beyond_the_bound() {
-        let mut t = LeaseTable::new();
-        for i in 0..(RECENT_ACKS_REMEMBERED as u128 + 10) {
-            t.remember_ack(&LeaseToken { queue: 1, message: MessageId(i), lease: 1 });
-        }
-        assert_eq!(t.recent_acks.len(), RECENT_ACKS_REMEMBERED);
-        assert_eq!(t.state_of(&LeaseToken { queue: 1, message: MessageId(0), lease: 1 }), TokenState::Unknown);
+        assert_eq!(t.state_of(&first), TokenState::Failed, "the message is gone; the first lease failed");
+        // A lease of a deleted queue is forgotten, not remembered as ended.
+        let third = grant(&mut t, MessageId(2), 100, now);
+        assert_eq!(t.remove_queue(1).len(), 1);
+        assert_eq!(t.state_of(&third), TokenState::Unknown);
     }
 }

@@ -9,6 +9,7 @@
 
 mod consumers;
 pub mod drr;
+mod ended_leases;
 mod failure_policy;
 mod leases;
 pub mod observer;
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 pub use consumers::{ConsumerEvent, ConsumerId, DEFAULT_WINDOW, MAX_WINDOW};
-pub use leases::RECENT_ACKS_REMEMBERED;
+pub use ended_leases::ENDED_LEASES_REMEMBERED;
 
 use crate::domain::limits::{MAX_FAIRNESS_KEY_BYTES, MAX_WEIGHT};
 use crate::domain::queue::{max_attempts_from_wire, quantum_from_wire, visibility_timeout_from_ms};

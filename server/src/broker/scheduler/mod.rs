@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::consumers::{Consumer, ConsumerEvent, ConsumerId};
+use super::ended_leases::Ending;
 use super::leases::{Lease, LeaseTable, TokenState};
 use super::queue_state::{buffered_size, QueueState};
 use super::throttle::Throttles;
@@ -758,11 +759,12 @@ impl<S: Store> Scheduler<S> {
         }
     }
 
-    /// Takes the live lease of `token`, or says why there is none.
-    fn take_lease(&mut self, token: &LeaseToken) -> Result<Lease, BrokerError> {
+    /// Ends the live lease of `token` as `ending` and takes it, or says why
+    /// there is none.
+    fn take_lease(&mut self, token: &LeaseToken, ending: Ending) -> Result<Lease, BrokerError> {
         match self.leases.state_of(token) {
-            TokenState::Current => Ok(self.leases.remove(token.message).expect("current lease exists")),
-            TokenState::Superseded | TokenState::AckedByOtherToken | TokenState::AckedByThisToken => {
+            TokenState::Current => Ok(self.leases.end(token.message, ending).expect("current lease exists")),
+            TokenState::Superseded | TokenState::Failed | TokenState::AckedByThisToken => {
                 Err(LeaseError::Ended(token.message.to_string()).into())
             }
             TokenState::Unknown => Err(self.unknown_token(token)),
@@ -770,11 +772,12 @@ impl<S: Store> Scheduler<S> {
     }
 
     fn ack(&mut self, token: LeaseToken, round: &mut Round) -> Result<(), BrokerError> {
-        if self.leases.state_of(&token) == TokenState::AckedByThisToken {
-            return Ok(());
-        }
-        let lease = self.take_lease(&token)?;
-        self.leases.remember_ack(&token);
+        let lease = match self.take_lease(&token, Ending::Acked) {
+            Ok(lease) => lease,
+            // A repeated ack of the same token succeeds.
+            Err(_) if self.leases.state_of(&token) == TokenState::AckedByThisToken => return Ok(()),
+            Err(error) => return Err(error),
+        };
         self.end_lease_and_delete(&lease, round);
         if let Some(queue) = self.queues.get_mut(&token.queue) {
             queue.counters.acked += 1;
@@ -783,7 +786,7 @@ impl<S: Store> Scheduler<S> {
     }
 
     fn nack(&mut self, token: &LeaseToken, error: String, round: &mut Round) -> Result<(), BrokerError> {
-        let lease = self.take_lease(token)?;
+        let lease = self.take_lease(token, Ending::Failed)?;
         if let Some(queue) = self.queues.get_mut(&token.queue) {
             queue.counters.nacked += 1;
         }
@@ -847,7 +850,7 @@ impl<S: Store> Scheduler<S> {
                 return false;
             }
         };
-        let lease = self.leases.remove(token.message).expect("current lease exists");
+        let lease = self.leases.end(token.message, Ending::Failed).expect("current lease exists");
         self.end_lease_and_delete(&lease, round);
         if let Some(queue) = self.queues.get_mut(&token.queue) {
             queue.counters.returned += 1;
