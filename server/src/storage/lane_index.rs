@@ -92,6 +92,9 @@ pub struct LaneIndex {
     open_bytes: usize,
     /// Sealed chunks with live messages whose count is known, ascending.
     chunks: VecDeque<LiveChunk>,
+    /// Sealed chunks ending below this may be in storage without a count
+    /// here: those sealed before the last start, until a read counts them.
+    uncounted_below: u64,
     /// The change to the lane's tally in this commit (kept allocated
     /// between commits).
     delta: Tally,
@@ -125,6 +128,7 @@ impl LaneIndex {
             body_bytes: 0,
             open_bytes: 0,
             chunks: VecDeque::new(),
+            uncounted_below: tally.floor,
             delta: Tally::default(),
             touched: false,
             dirty: false,
@@ -382,6 +386,19 @@ impl LaneIndex {
     pub fn open_after(&self, after: u64) -> impl Iterator<Item = &OpenMessage> + '_ {
         let start = self.open.partition_point(|m| m.seq <= after);
         self.open.range(start..)
+    }
+
+    /// Where the counted chunks holding sequences above `after` start
+    /// (see [`LaneIndex::counted_last`]), if every sealed chunk that may
+    /// hold one is counted, so that each can be read by its key.
+    pub fn counted_from(&self, after: u64) -> Option<usize> {
+        let next = after.saturating_add(1);
+        (next >= self.uncounted_below).then(|| self.chunk_from(next))
+    }
+
+    /// The last sequence of the counted chunk at `position`, if there is one.
+    pub fn counted_last(&self, position: usize) -> Option<u64> {
+        self.chunks.get(position).map(|c| c.last)
     }
 
     /// Whether the live count of the sealed chunk ending at `last` is known.
@@ -786,6 +803,29 @@ mod tests {
         assert_eq!(index.remove(6), Some(6));
         take_delta(&mut index);
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn chunks_are_read_by_key_once_none_may_be_uncounted() {
+        // Sealed since start: every chunk is counted.
+        let mut index = lane();
+        for seq in 1..=6 {
+            add(&mut index, seq, 0);
+            if seq % 3 == 0 {
+                index.seal().unwrap();
+            }
+        }
+        let from = index.counted_from(0).expect("all counted");
+        assert_eq!((index.counted_last(from), index.counted_last(from + 1)), (Some(3), Some(6)));
+        assert_eq!(index.counted_from(3).and_then(|p| index.counted_last(p)), Some(6));
+        assert_eq!(index.counted_from(6).and_then(|p| index.counted_last(p)), None);
+        // Recovered with chunks below sequence 100 that only storage knows:
+        // they are scanned (and counted) until reads have passed them.
+        let tally = Tally { count: 5, floor: 100, open: vec![120], ..Tally::default() };
+        let recovered = LaneIndex::recovered(Arc::from(&b"lane"[..]), &tally);
+        assert_eq!(recovered.counted_from(0), None);
+        assert_eq!(recovered.counted_from(98), None);
+        assert!(recovered.counted_from(99).is_some());
     }
 
     #[test]

@@ -52,38 +52,13 @@ pub fn for_each_message(
     mut found: impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
 ) -> Result<(), StorageError> {
     if index.may_have_sealed_after(span.after) {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(keys::chunk_key(queue, lane, span.after + 1));
-        opts.set_iterate_upper_bound(keys::chunk_key(queue, lane, index.floor()));
-        let mut chunks = db.raw_iterator_cf_opt(cf(db, CF_CHUNKS), opts);
-        chunks.seek_to_first();
-        while let (Some(key), Some(value)) = (chunks.key(), chunks.value()) {
-            let corrupt = || StorageError::Corrupt(format!("lane chunk {key:?}"));
-            let (_, _, last) = keys::parse_chunk_key(key).ok_or_else(corrupt)?;
-            // A chunk sealed by one large commit holds hundreds of messages;
-            // a read of the next few parses only up to them.
-            let going = if index.is_counted(last) {
-                let resumed = resume.get().filter(|r| r.chunk_last == last && r.seq <= span.after);
-                let mut messages = match resumed {
-                    Some(r) => keys::chunk_messages_from(value, r.offset, r.seq).ok_or_else(corrupt)?,
-                    None => keys::chunk_messages(value),
-                };
-                let parsed = messages.by_ref().map(|m| m.ok_or_else(corrupt));
-                let going = visit_chunk(parsed, index.gone_from(last), &span, &mut found)?;
-                let (offset, seq) = (messages.offset_in(value), messages.seq());
-                resume.set(Some(ChunkResume { chunk_last: last, offset, seq }));
-                going
-            } else {
-                let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
-                count_live(db, queue, (key, last), &mut messages, index)?;
-                visit_chunk(messages.into_iter().map(Ok), index.gone_from(last), &span, &mut found)?
-            };
-            if !going || last >= span.before {
-                return Ok(());
-            }
-            chunks.next();
+        let read = match index.counted_from(span.after) {
+            Some(position) => read_counted_chunks(db, queue, lane, index, position, &span, resume, &mut found)?,
+            None => scan_chunks(db, queue, lane, index, &span, resume, &mut found)?,
+        };
+        if read == ChunksRead::Stopped {
+            return Ok(());
         }
-        chunks.status().map_err(io)?;
     }
     let open: Vec<_> = index.open_after(span.after).take_while(|m| m.seq < span.before).collect();
     for part in open.chunks(span.want.max(1)) {
@@ -92,6 +67,103 @@ pub fn for_each_message(
         }
     }
     Ok(())
+}
+
+/// Whether a read went through the lane's sealed chunks in its span, on to
+/// its open messages, or stopped.
+#[derive(PartialEq, Eq)]
+enum ChunksRead {
+    Through,
+    Stopped,
+}
+
+/// Reads counted chunks from `position` on, each by its key: a point
+/// lookup, which bloom filters steer to the one table file holding the
+/// chunk, where an iterator's seek would read a block of every file and
+/// memtable (with many active lanes, every one of them holds chunks of
+/// every lane).
+#[allow(clippy::too_many_arguments)]
+fn read_counted_chunks(
+    db: &DB,
+    queue: QueueId,
+    lane: &Lane,
+    index: &LaneIndex,
+    mut position: usize,
+    span: &Span,
+    resume: &Cell<Option<ChunkResume>>,
+    found: &mut impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
+) -> Result<ChunksRead, StorageError> {
+    while let Some(last) = index.counted_last(position).filter(|&last| last < index.floor()) {
+        let key = keys::chunk_key(queue, lane, last);
+        let value = db.get_pinned_cf(cf(db, CF_CHUNKS), &key).map_err(io)?;
+        let value = value.ok_or_else(|| StorageError::Corrupt(format!("lane chunk {key:?} is counted but missing")))?;
+        if !visit_counted_chunk(&key, last, &value, index, span, resume, found)? || last >= span.before {
+            return Ok(ChunksRead::Stopped);
+        }
+        position += 1;
+    }
+    Ok(ChunksRead::Through)
+}
+
+/// Reads the lane's chunks in its span with an iterator, counting those
+/// found in storage without a count (sealed before the last start).
+fn scan_chunks(
+    db: &DB,
+    queue: QueueId,
+    lane: &Lane,
+    index: &mut LaneIndex,
+    span: &Span,
+    resume: &Cell<Option<ChunkResume>>,
+    found: &mut impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
+) -> Result<ChunksRead, StorageError> {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(keys::chunk_key(queue, lane, span.after + 1));
+    opts.set_iterate_upper_bound(keys::chunk_key(queue, lane, index.floor()));
+    let mut chunks = db.raw_iterator_cf_opt(cf(db, CF_CHUNKS), opts);
+    chunks.seek_to_first();
+    while let (Some(key), Some(value)) = (chunks.key(), chunks.value()) {
+        let corrupt = || StorageError::Corrupt(format!("lane chunk {key:?}"));
+        let (_, _, last) = keys::parse_chunk_key(key).ok_or_else(corrupt)?;
+        let going = if index.is_counted(last) {
+            visit_counted_chunk(key, last, value, index, span, resume, found)?
+        } else {
+            let mut messages = keys::parse_chunk_value(value).ok_or_else(corrupt)?;
+            count_live(db, queue, (key, last), &mut messages, index)?;
+            visit_chunk(messages.into_iter().map(Ok), index.gone_from(last), span, found)?
+        };
+        if !going || last >= span.before {
+            return Ok(ChunksRead::Stopped);
+        }
+        chunks.next();
+    }
+    chunks.status().map_err(io)?;
+    Ok(ChunksRead::Through)
+}
+
+/// Visits a counted chunk's live messages in `span`, starting where the
+/// lane's last read stopped if it stopped in this chunk: a chunk sealed by
+/// one large commit holds hundreds of messages, and a read of the next few
+/// parses only up to them. Returns whether it went on to the chunk's end.
+fn visit_counted_chunk(
+    key: &[u8],
+    last: u64,
+    value: &[u8],
+    index: &LaneIndex,
+    span: &Span,
+    resume: &Cell<Option<ChunkResume>>,
+    found: &mut impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("lane chunk {key:?}"));
+    let resumed = resume.get().filter(|r| r.chunk_last == last && r.seq <= span.after);
+    let mut messages = match resumed {
+        Some(r) => keys::chunk_messages_from(value, r.offset, r.seq).ok_or_else(corrupt)?,
+        None => keys::chunk_messages(value),
+    };
+    let parsed = messages.by_ref().map(|m| m.ok_or_else(corrupt));
+    let going = visit_chunk(parsed, index.gone_from(last), span, found)?;
+    let (offset, seq) = (messages.offset_in(value), messages.seq());
+    resume.set(Some(ChunkResume { chunk_last: last, offset, seq }));
+    Ok(going)
 }
 
 /// Calls `found` with each live message of a chunk in `span`, until it

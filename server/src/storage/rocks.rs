@@ -168,8 +168,17 @@ impl RocksStore {
         log.set_memtable_whole_key_filtering(true);
         log.set_compression_type(DBCompressionType::Lz4);
         log.set_write_buffer_size(32 * 1024 * 1024);
-        // Sealed chunks hold records too, as large values.
-        let mut chunks = family();
+        // Sealed chunks hold records too, as large values. A lane's next
+        // chunk is read by its key (`lane_reads.rs`): with many active
+        // lanes every table file and memtable holds chunks of every lane,
+        // so without bloom filters a lookup would search each of them.
+        let mut chunk_table = BlockBasedOptions::default();
+        chunk_table.set_block_cache(&cache);
+        chunk_table.set_bloom_filter(10.0, false);
+        let mut chunks = Options::default();
+        chunks.set_block_based_table_factory(&chunk_table);
+        chunks.set_memtable_prefix_bloom_ratio(0.01);
+        chunks.set_memtable_whole_key_filtering(true);
         chunks.set_compression_type(DBCompressionType::Lz4);
         chunks.set_write_buffer_size(32 * 1024 * 1024);
         // Tallies are written by checkpoints (see `journal.rs`); versions
