@@ -640,6 +640,18 @@ mod tests {
         LaneIndex::new(Arc::from(&b"lane"[..]))
     }
 
+    /// A lane holding sequences 1 to `last`, sealed three at a time.
+    fn sealed_by_threes(last: u64) -> LaneIndex {
+        let mut index = lane();
+        for seq in 1..=last {
+            add(&mut index, seq, 0);
+            if seq % 3 == 0 {
+                index.seal().unwrap();
+            }
+        }
+        index
+    }
+
     fn add(index: &mut LaneIndex, seq: u64, weight: u32) {
         index.add(seq, weight, MessageId(u128::from(seq)), Bytes::from(format!("m{seq}")));
     }
@@ -775,14 +787,8 @@ mod tests {
 
     #[test]
     fn removals_find_their_chunk_whichever_chunk_they_hit_first() {
-        let mut index = lane();
         // Three sealed chunks of three messages each: 1-3, 4-6, 7-9.
-        for seq in 1..=9 {
-            add(&mut index, seq, 0);
-            if seq % 3 == 0 {
-                index.seal().unwrap();
-            }
-        }
+        let mut index = sealed_by_threes(9);
         take_delta(&mut index);
         assert!([3, 6, 9].iter().all(|&last| index.is_counted(last)));
         assert_eq!(index.remove(8), None, "a later chunk first");
@@ -808,13 +814,7 @@ mod tests {
     #[test]
     fn chunks_are_read_by_key_once_none_may_be_uncounted() {
         // Sealed since start: every chunk is counted.
-        let mut index = lane();
-        for seq in 1..=6 {
-            add(&mut index, seq, 0);
-            if seq % 3 == 0 {
-                index.seal().unwrap();
-            }
-        }
+        let index = sealed_by_threes(6);
         let from = index.counted_from(0).expect("all counted");
         assert_eq!((index.counted_last(from), index.counted_last(from + 1)), (Some(3), Some(6)));
         assert_eq!(index.counted_from(3).and_then(|p| index.counted_last(p)), Some(6));
