@@ -15,7 +15,7 @@ use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
 use super::observer::QueueCounters;
 use super::rate::DecayingRate;
-use crate::domain::{Lane, ThrottleSet};
+use crate::domain::Lane;
 use crate::fast_map::FastMap;
 use crate::scripting::QueueScripts;
 use crate::storage::{LaneSlot, QueueDef, StoredMessage};
@@ -77,16 +77,32 @@ impl LaneState {
     pub fn ready_after(&self) -> u64 {
         self.buffer.front().map_or(self.cursor, |m| m.seq - 1)
     }
+
+    /// Appends a just-stored ready message (already counted by
+    /// [`QueueState::add_ready`]) to the buffer if the buffer holds every
+    /// other ready message of the lane, i.e. the message is exactly what
+    /// the next read from storage would return, and holds fewer than
+    /// `max_buffered`. Returns whether it was buffered.
+    pub fn buffer_if_caught_up(&mut self, message: StoredMessage, max_buffered: u64) -> bool {
+        let buffered = self.buffer.len() as u64;
+        if buffered + 1 != self.pending || buffered >= max_buffered || message.seq <= self.cursor {
+            return false;
+        }
+        self.cursor = message.seq;
+        self.buffer.push_back(message);
+        true
+    }
 }
 
 impl KeyState {
-    pub fn lane_mut(&mut self, throttle: &ThrottleSet) -> Option<&mut LaneState> {
-        self.lanes.iter_mut().find(|l| l.lane.throttle == *throttle)
-    }
-
     /// Whether the key is (or should be) in the rotation.
     fn deliverable(&self) -> bool {
         self.pending > 0 && self.parked.is_none()
+    }
+
+    /// Whether nothing of the key is left: no ready and no leased messages.
+    fn is_idle(&self) -> bool {
+        self.pending == 0 && self.leased == 0
     }
 }
 
@@ -181,23 +197,6 @@ impl QueueState {
         &mut state.lanes[at]
     }
 
-    /// Appends a just-stored ready message (already counted by
-    /// [`QueueState::add_ready`]) to its lane's buffer if the buffer holds
-    /// every other ready message of the lane, i.e. the message is exactly
-    /// what the next read from storage would return, and holds fewer than
-    /// `max_buffered`. Returns whether it was buffered.
-    pub fn buffer_if_caught_up(&mut self, lane: &Lane, message: StoredMessage, max_buffered: u64) -> bool {
-        let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return false };
-        let Some(l) = state.lane_mut(&lane.throttle) else { return false };
-        let buffered = l.buffer.len() as u64;
-        if buffered + 1 != l.pending || buffered >= max_buffered || message.seq <= l.cursor {
-            return false;
-        }
-        l.cursor = message.seq;
-        l.buffer.push_back(message);
-        true
-    }
-
     /// Puts a parked key back into the rotation if its ticket is current.
     pub fn unpark(&mut self, key: &str, ticket: u64) -> bool {
         let Some((k, _)) = self.keys.get_key_value(key) else { return false };
@@ -226,16 +225,24 @@ impl QueueState {
                 state.lanes.swap_remove(i);
             }
         }
-        self.forget_if_idle(&lane.fairness_key);
+        // Looked at through the state in hand: among many keys another
+        // lookup by name is three more cold cache lines per delivery.
+        if state.is_idle() {
+            self.forget(&lane.fairness_key);
+        }
     }
 
     /// Drops a key with no ready and no leased messages.
     pub fn forget_if_idle(&mut self, key: &str) {
-        if self.keys.get(key).is_some_and(|s| s.pending == 0 && s.leased == 0) {
-            let (key, state) = self.keys.remove_entry(key).expect("looked up above");
-            if state.unreported_deliveries > 0 {
-                self.retired_deliveries.push((key, state.unreported_deliveries));
-            }
+        if self.keys.get(key).is_some_and(KeyState::is_idle) {
+            self.forget(key);
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        let (key, state) = self.keys.remove_entry(key).expect("an idle key has state");
+        if state.unreported_deliveries > 0 {
+            self.retired_deliveries.push((key, state.unreported_deliveries));
         }
     }
 
@@ -259,7 +266,7 @@ pub fn effective_weight(overrides: &FastMap<Arc<str>, u32>, key: &str, state: &K
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::QueueSettings;
+    use crate::domain::{QueueSettings, ThrottleSet};
 
     fn queue() -> QueueState {
         QueueState::new(QueueDef {
@@ -323,16 +330,13 @@ mod tests {
     fn a_stored_message_is_buffered_only_when_the_lane_is_caught_up() {
         let mut q = queue();
         let l = lane("a", &[]);
-        q.add_ready(&l, 1, None);
-        assert!(q.buffer_if_caught_up(&l, stored(1), 8), "an empty lane is caught up");
-        q.add_ready(&l, 1, None);
-        assert!(q.buffer_if_caught_up(&l, stored(2), 8));
+        assert!(q.add_ready(&l, 1, None).buffer_if_caught_up(stored(1), 8), "an empty lane is caught up");
+        assert!(q.add_ready(&l, 1, None).buffer_if_caught_up(stored(2), 8));
         assert_eq!(q.keys["a"].lanes[0].cursor, 2);
         // A message counted but left in storage: later ones must wait for
         // the read, or they would overtake it.
         q.add_ready(&l, 1, None);
-        q.add_ready(&l, 1, None);
-        assert!(!q.buffer_if_caught_up(&l, stored(4), 8));
+        assert!(!q.add_ready(&l, 1, None).buffer_if_caught_up(stored(4), 8));
         assert_eq!(q.keys["a"].lanes[0].buffer.len(), 2);
     }
 
@@ -341,14 +345,12 @@ mod tests {
         let mut q = queue();
         let l = lane("a", &[]);
         for seq in 1..=3 {
-            q.add_ready(&l, 1, None);
-            assert_eq!(q.buffer_if_caught_up(&l, stored(seq), 2), seq <= 2);
+            assert_eq!(q.add_ready(&l, 1, None).buffer_if_caught_up(stored(seq), 2), seq <= 2);
         }
         let lane = &q.keys["a"].lanes[0];
         assert_eq!((lane.buffer.len(), lane.cursor, lane.pending), (2, 2, 3));
         // The third is read from storage after the cursor, in order.
-        q.add_ready(&l, 1, None);
-        assert!(!q.buffer_if_caught_up(&l, stored(4), 2));
+        assert!(!q.add_ready(&l, 1, None).buffer_if_caught_up(stored(4), 2));
     }
 
     #[test]

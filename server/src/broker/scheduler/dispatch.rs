@@ -32,7 +32,7 @@ impl<S: Store> Scheduler<S> {
         } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
         let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
-        while let Some(key) = queue.drr.front().cloned() {
+        while let Some(key) = queue.drr.front() {
             let Some(&consumer_id) = queue.waiting_consumers.front() else { break };
             let consumer = match consumers.get_mut(&consumer_id) {
                 Some(c) if c.is_connected() && c.has_room() => c,
@@ -41,13 +41,17 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
             };
-            let key_state = queue.keys.get_mut(&key).expect("keys in the rotation have state");
-            let weight = effective_weight(&queue.weight_overrides, &key, key_state);
+            // The key is borrowed from the rotation, not cloned: a clone and
+            // its drop are two atomic writes to the name's allocation per
+            // delivery, among many keys a cold cache line.
+            let key_state = queue.keys.get_mut(key).expect("keys in the rotation have state");
+            let weight = effective_weight(&queue.weight_overrides, key, key_state);
             queue.drr.start_turn(&mut key_state.credit, weight);
             let mut miscounted = 0;
             let buffers = Buffers { bytes: buffered_bytes, budget: *buffer_budget };
             let pick = pick_lane(queue_id, key_state, &*store, throttles, buffers, now, &mut miscounted)?;
             if miscounted > 0 {
+                let key = queue.drr.front().expect("the key whose turn it is");
                 tracing::warn!(queue = %queue.name, key = %key, miscounted,
                     "storage holds fewer ready messages than counted; correcting the count");
                 queue.pending -= miscounted;
@@ -55,6 +59,7 @@ impl<S: Store> Scheduler<S> {
             let lane_index = match pick {
                 Pick::Lane(i) => i,
                 Pick::Throttled(wait) => {
+                    let key = Arc::clone(queue.drr.front().expect("the key whose turn it is"));
                     queue.drr.leave_front(&mut key_state.credit);
                     let ticket = *next_ticket;
                     *next_ticket += 1;
@@ -63,6 +68,7 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
                 Pick::Nothing => {
+                    let key = Arc::clone(queue.drr.front().expect("the key whose turn it is"));
                     queue.drr.leave_front(&mut key_state.credit);
                     queue.forget_if_idle(&key);
                     continue;

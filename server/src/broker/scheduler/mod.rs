@@ -674,8 +674,7 @@ impl<S: Store> Scheduler<S> {
             (lane, slot) = (state.lane.clone(), state.slot);
             let message = StoredMessage { seq, id, record: record.clone() };
             let size = buffered_size(&message);
-            if self.buffered_bytes + size <= self.buffer_budget && queue.buffer_if_caught_up(&lane, message, READ_AHEAD)
-            {
+            if self.buffered_bytes + size <= self.buffer_budget && state.buffer_if_caught_up(message, READ_AHEAD) {
                 self.buffered_bytes += size;
             }
             Self::mark_dirty(&mut self.dirty, queue_id);
