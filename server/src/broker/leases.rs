@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::consumers::ConsumerId;
 use super::ended_leases::{EndedLeases, Ending};
+use super::key_table::KeyId;
 use crate::domain::{Lane, LeaseToken, MessageId};
 use crate::fast_map::FastMap;
 use crate::storage::LaneSlot;
@@ -18,6 +19,8 @@ use crate::storage::LaneSlot;
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub token: LeaseToken,
+    /// The message's fairness key in its queue's key table.
+    pub key: KeyId,
     pub lane: Lane,
     /// The lane's handle in the store, for the change that ends the lease.
     pub slot: LaneSlot,
@@ -30,6 +33,7 @@ pub struct Lease {
 
 /// The stored message a lease is granted for.
 pub struct Leased {
+    pub key: KeyId,
     pub lane: Lane,
     pub slot: LaneSlot,
     pub seq: u64,
@@ -91,8 +95,8 @@ impl LeaseTable {
         let token = LeaseToken { queue, message, lease: self.next_lease };
         let deadline = now + granted_for;
         self.deadlines.insert((deadline, token.lease), message);
-        let Leased { lane, slot, seq, record } = leased;
-        let lease = Lease { token, lane, slot, seq, record, consumer, deadline, granted_for };
+        let Leased { key, lane, slot, seq, record } = leased;
+        let lease = Lease { token, key, lane, slot, seq, record, consumer, deadline, granted_for };
         self.by_message.insert(message, lease);
         &self.by_message[&message]
     }
@@ -164,7 +168,9 @@ mod tests {
     use super::*;
 
     fn grant(table: &mut LeaseTable, id: MessageId, ms: u64, now: Instant) -> LeaseToken {
+        let (key, _, _) = super::super::key_table::KeyTable::<()>::default().entry(&"k".into());
         let leased = Leased {
+            key,
             lane: Lane::new("k".into(), Default::default()),
             slot: LaneSlot::default(),
             seq: 1,

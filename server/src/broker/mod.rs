@@ -10,6 +10,7 @@
 mod consumers;
 pub mod drr;
 mod ended_leases;
+mod key_table;
 mod failure_policy;
 mod leases;
 pub mod observer;

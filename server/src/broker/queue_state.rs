@@ -7,12 +7,12 @@
 //! a small read-ahead buffer, so memory grows with active keys and leases,
 //! not with queue depth.
 
-use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
+use super::key_table::{KeyId, KeyTable};
 use super::observer::QueueCounters;
 use super::rate::DecayingRate;
 use crate::domain::Lane;
@@ -113,9 +113,9 @@ pub struct QueueState {
     pub name: Arc<str>,
     /// Keys with ready or leased messages. A key with neither has no entry:
     /// with nothing of it in storage, its cursors no longer matter.
-    pub keys: FastMap<Arc<str>, KeyState>,
+    pub keys: KeyTable<KeyState>,
     /// Keys with deliverable messages, in DRR service order.
-    pub drr: Drr<Arc<str>>,
+    pub drr: Drr<KeyId>,
     /// Operator overrides of key weights; they win over message weights.
     pub weight_overrides: FastMap<Arc<str>, u32>,
     /// Consumers with room in their window, in service order.
@@ -138,7 +138,7 @@ impl QueueState {
             drr: Drr::new(def.settings.quantum),
             scripts: None,
             def,
-            keys: FastMap::default(),
+            keys: KeyTable::default(),
             weight_overrides: FastMap::default(),
             waiting_consumers: VecDeque::new(),
             consumers: 0,
@@ -162,10 +162,7 @@ impl QueueState {
     /// equality tries that first) instead of reading the stored key, which
     /// among many keys is a cold cache line.
     pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> &mut LaneState {
-        let (key, state) = match self.keys.entry(Arc::clone(&lane.fairness_key)) {
-            Entry::Occupied(entry) => (Arc::clone(entry.key()), entry.into_mut()),
-            Entry::Vacant(entry) => (Arc::clone(entry.key()), entry.insert(KeyState::default())),
-        };
+        let (id, key, state) = self.keys.entry(&lane.fairness_key);
         let was_in_rotation = state.deliverable();
         let at = match state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
             Some(at) => {
@@ -174,7 +171,7 @@ impl QueueState {
             }
             None => {
                 state.lanes.push(LaneState {
-                    lane: Lane::new(Arc::clone(&key), lane.throttle.clone()),
+                    lane: Lane::new(Arc::clone(key), lane.throttle.clone()),
                     pending: count,
                     leased: 0,
                     cursor: 0,
@@ -192,31 +189,30 @@ impl QueueState {
         // New work may not be throttled: a parked key gets another look.
         state.parked = None;
         if !was_in_rotation && state.deliverable() {
-            self.drr.join(key);
+            self.drr.join(id);
         }
         &mut state.lanes[at]
     }
 
     /// Puts a parked key back into the rotation if its ticket is current.
     pub fn unpark(&mut self, key: &str, ticket: u64) -> bool {
-        let Some((k, _)) = self.keys.get_key_value(key) else { return false };
-        let k = Arc::clone(k);
-        let state = self.keys.get_mut(key).expect("looked up above");
+        let Some(id) = self.keys.id_of(key) else { return false };
+        let (_, state) = self.keys.by_id_mut(id).expect("just found");
         if state.parked != Some(ticket) {
             return false;
         }
         state.parked = None;
         if state.pending > 0 {
-            self.drr.join(k);
+            self.drr.join(id);
         }
         true
     }
 
-    /// Records that a lease of `lane` ended; forgets the lane and the key
-    /// once nothing of them is left.
-    pub fn lease_ended(&mut self, lane: &Lane) {
+    /// Records that a lease of `lane` (of the key `key`) ended; forgets the
+    /// lane and the key once nothing of them is left.
+    pub fn lease_ended(&mut self, key: KeyId, lane: &Lane) {
         self.in_flight -= 1;
-        let Some(state) = self.keys.get_mut(&*lane.fairness_key) else { return };
+        let Some((_, state)) = self.keys.by_id_mut(key) else { return };
         state.leased -= 1;
         if let Some(i) = state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
             let l = &mut state.lanes[i];
@@ -225,24 +221,17 @@ impl QueueState {
                 state.lanes.swap_remove(i);
             }
         }
-        // Looked at through the state in hand: among many keys another
-        // lookup by name is three more cold cache lines per delivery.
-        if state.is_idle() {
-            self.forget(&lane.fairness_key);
-        }
+        self.forget_if_idle(key);
     }
 
     /// Drops a key with no ready and no leased messages.
-    pub fn forget_if_idle(&mut self, key: &str) {
-        if self.keys.get(key).is_some_and(KeyState::is_idle) {
-            self.forget(key);
+    pub fn forget_if_idle(&mut self, key: KeyId) {
+        if !self.keys.by_id(key).is_some_and(|(_, state)| state.is_idle()) {
+            return;
         }
-    }
-
-    fn forget(&mut self, key: &str) {
-        let (key, state) = self.keys.remove_entry(key).expect("an idle key has state");
+        let (name, state) = self.keys.remove(key).expect("found above");
         if state.unreported_deliveries > 0 {
-            self.retired_deliveries.push((key, state.unreported_deliveries));
+            self.retired_deliveries.push((name, state.unreported_deliveries));
         }
     }
 
@@ -260,6 +249,11 @@ pub fn buffered_size(message: &StoredMessage) -> usize {
 /// A key's weight: an operator override wins over message weights. (A free
 /// function so the dispatcher can call it while it holds the key's state.)
 pub fn effective_weight(overrides: &FastMap<Arc<str>, u32>, key: &str, state: &KeyState) -> u32 {
+    // Without overrides, the key's name is not hashed: among many keys,
+    // reading it is a cold cache line at every turn.
+    if overrides.is_empty() {
+        return state.message_weight;
+    }
     overrides.get(key).copied().unwrap_or(state.message_weight)
 }
 
@@ -317,7 +311,7 @@ mod tests {
         q.pending -= 1;
         q.in_flight += 1;
         q.drr.leave_front(&mut state.credit);
-        q.lease_ended(&l);
+        q.lease_ended(q.keys.id_of("a").unwrap(), &l);
         assert!(q.keys.is_empty());
         assert_eq!(q.depth(), 0);
     }

@@ -32,7 +32,7 @@ impl<S: Store> Scheduler<S> {
         } = self;
         let Some(queue) = queues.get_mut(&queue_id) else { return Ok(()) };
         let mut frames: Vec<(ConsumerId, Vec<Delivery>, usize)> = Vec::new();
-        while let Some(key) = queue.drr.front() {
+        while let Some(&key_id) = queue.drr.front() {
             let Some(&consumer_id) = queue.waiting_consumers.front() else { break };
             let consumer = match consumers.get_mut(&consumer_id) {
                 Some(c) if c.is_connected() && c.has_room() => c,
@@ -41,17 +41,15 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
             };
-            // The key is borrowed from the rotation, not cloned: a clone and
-            // its drop are two atomic writes to the name's allocation per
-            // delivery, among many keys a cold cache line.
-            let key_state = queue.keys.get_mut(key).expect("keys in the rotation have state");
+            // By id: among many keys, a lookup by name would read the name
+            // and the map's control bytes, two more cold cache lines.
+            let (key, key_state) = queue.keys.by_id_mut(key_id).expect("keys in the rotation have state");
             let weight = effective_weight(&queue.weight_overrides, key, key_state);
             queue.drr.start_turn(&mut key_state.credit, weight);
             let mut miscounted = 0;
             let buffers = Buffers { bytes: buffered_bytes, budget: *buffer_budget };
             let pick = pick_lane(queue_id, key_state, &*store, throttles, buffers, now, &mut miscounted)?;
             if miscounted > 0 {
-                let key = queue.drr.front().expect("the key whose turn it is");
                 tracing::warn!(queue = %queue.name, key = %key, miscounted,
                     "storage holds fewer ready messages than counted; correcting the count");
                 queue.pending -= miscounted;
@@ -59,7 +57,7 @@ impl<S: Store> Scheduler<S> {
             let lane_index = match pick {
                 Pick::Lane(i) => i,
                 Pick::Throttled(wait) => {
-                    let key = Arc::clone(queue.drr.front().expect("the key whose turn it is"));
+                    let key = Arc::clone(key);
                     queue.drr.leave_front(&mut key_state.credit);
                     let ticket = *next_ticket;
                     *next_ticket += 1;
@@ -68,9 +66,8 @@ impl<S: Store> Scheduler<S> {
                     continue;
                 }
                 Pick::Nothing => {
-                    let key = Arc::clone(queue.drr.front().expect("the key whose turn it is"));
                     queue.drr.leave_front(&mut key_state.credit);
-                    queue.forget_if_idle(&key);
+                    queue.forget_if_idle(key_id);
                     continue;
                 }
             };
@@ -92,7 +89,7 @@ impl<S: Store> Scheduler<S> {
             }
             queue.drr.charge_front(&mut key_state.credit, key_state.pending > 0);
             let timeout = consumer.visibility_timeout.unwrap_or(queue.def.settings.visibility_timeout);
-            let leased = Leased { lane: lane_id, slot, seq: message.seq, record: message.record };
+            let leased = Leased { key: key_id, lane: lane_id, slot, seq: message.seq, record: message.record };
             let lease = leases.grant(queue_id, message.id, leased, consumer_id, timeout, now);
             let delivery = Delivery {
                 queue: Arc::clone(&queue.name),

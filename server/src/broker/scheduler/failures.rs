@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{Round, Scheduler, SentWeight};
 use crate::broker::failure_policy::{backoff, default_action, FailureAction};
+use crate::broker::key_table::KeyId;
 use crate::broker::leases::Lease;
 use crate::broker::queue_state::buffered_size;
 use crate::domain::message::{due_unix_millis, unix_millis, MessageRecord};
@@ -130,9 +131,9 @@ impl<S: Store> Scheduler<S> {
         let mut taken: Vec<StoredMessage> = Vec::new();
         let Scheduler { queues, store, buffered_bytes, .. } = self;
         let queue = queues.get_mut(&queue_id).expect("caller checked the queue");
-        let keys: Vec<Arc<str>> = queue.keys.keys().cloned().collect();
+        let keys: Vec<KeyId> = queue.keys.iter().map(|(id, _, _)| id).collect();
         'keys: for key in keys {
-            let state = queue.keys.get_mut(&key).expect("listed above");
+            let (_, state) = queue.keys.by_id_mut(key).expect("listed above");
             for lane in state.lanes.iter_mut().filter(|l| l.pending > 0) {
                 lane.cursor = lane.ready_after();
                 *buffered_bytes -= lane.buffer.drain(..).map(|m| buffered_size(&m)).sum::<usize>();
@@ -165,7 +166,7 @@ impl<S: Store> Scheduler<S> {
                 if state.parked.take().is_none() {
                     queue.drr.remove(&key);
                 }
-                queue.forget_if_idle(&key);
+                queue.forget_if_idle(key);
             }
             if taken.len() >= limit {
                 break 'keys;

@@ -83,7 +83,8 @@ impl<S: Store> Scheduler<S> {
         let keys: Vec<&Arc<str>> = match fairness_key {
             Some(key) => queue.keys.get_key_value(key).map(|(k, _)| k).into_iter().collect(),
             None => {
-                queue.drr.iter().chain(queue.keys.iter().filter(|(_, s)| s.parked.is_some()).map(|(k, _)| k)).collect()
+                let rotation = queue.drr.iter().filter_map(|&id| queue.keys.by_id(id)).map(|(k, _)| k);
+                rotation.chain(queue.keys.iter().filter(|(_, _, s)| s.parked.is_some()).map(|(_, k, _)| k)).collect()
             }
         };
         let mut out = Vec::new();
@@ -247,7 +248,8 @@ fn key_state(queue: &QueueState, key: &str, state: &KeyState, throttles: &mut Th
             ),
         );
     }
-    let position = queue.drr.iter().position(|k| &**k == key).map_or(0, |p| p + 1);
+    let id = queue.keys.id_of(key);
+    let position = queue.drr.iter().position(|k| Some(*k) == id).map_or(0, |p| p + 1);
     Explanation::new(
         ExplainState::Deliverable,
         format!("fairness key '{key}' is deliverable now (turn {position} of {} active keys)", queue.drr.len()),

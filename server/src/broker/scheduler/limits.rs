@@ -117,7 +117,7 @@ impl<S: Store> Scheduler<S> {
         let mut keys: Vec<KeyStats> = queue
             .keys
             .iter()
-            .map(|(key, state)| KeyStats {
+            .map(|(_, key, state)| KeyStats {
                 fairness_key: key.to_string(),
                 pending: state.pending,
                 leased: state.leased,

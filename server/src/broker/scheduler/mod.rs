@@ -807,7 +807,7 @@ impl<S: Store> Scheduler<S> {
     /// Bookkeeping when a lease ends for any reason.
     fn lease_ended(&mut self, lease: &Lease) {
         let Some(queue) = self.queues.get_mut(&lease.token.queue) else { return };
-        queue.lease_ended(&lease.lane);
+        queue.lease_ended(lease.key, &lease.lane);
         if let Some(consumer) = self.consumers.get_mut(&lease.consumer) {
             let was_full = !consumer.has_room();
             consumer.in_flight -= 1;

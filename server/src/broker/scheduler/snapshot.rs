@@ -53,8 +53,8 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>) -> Queue
     let total_weight: u64 = queue
         .keys
         .iter()
-        .filter(|(_, k)| k.pending > 0)
-        .map(|(key, k)| u64::from(effective_weight(&queue.weight_overrides, key, k)))
+        .filter(|(_, _, k)| k.pending > 0)
+        .map(|(_, key, k)| u64::from(effective_weight(&queue.weight_overrides, key, k)))
         .sum();
     let overrides = &queue.weight_overrides;
     // Keys with nothing to report are left out: their series (if any)
@@ -62,8 +62,8 @@ fn sample_queue(queue: &mut QueueState, dead_letter_depth: Option<u64>) -> Queue
     let mut keys: Vec<KeySample> = queue
         .keys
         .iter_mut()
-        .filter(|(_, k)| k.unreported_deliveries > 0 || k.pending > 0)
-        .map(|(key, k)| {
+        .filter(|(_, _, k)| k.unreported_deliveries > 0 || k.pending > 0)
+        .map(|(_, key, k)| {
             let new_deliveries = std::mem::take(&mut k.unreported_deliveries);
             let fair_share = if k.pending > 0 && total_weight > 0 {
                 f64::from(effective_weight(overrides, key, k)) / total_weight as f64
