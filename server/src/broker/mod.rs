@@ -10,8 +10,8 @@
 mod consumers;
 pub mod drr;
 mod ended_leases;
-mod key_table;
 mod failure_policy;
+mod key_table;
 mod leases;
 pub mod observer;
 mod queue_state;
