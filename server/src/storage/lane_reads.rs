@@ -93,7 +93,7 @@ fn read_counted_chunks(
     resume: &Cell<Option<ChunkResume>>,
     found: &mut impl FnMut(u64, MessageId, &[u8]) -> Result<bool, StorageError>,
 ) -> Result<ChunksRead, StorageError> {
-    while let Some(last) = index.counted_last(position).filter(|&last| last < index.floor()) {
+    while let Some(last) = index.counted_last(position) {
         let key = keys::chunk_key(queue, lane, last);
         let value = db.get_pinned_cf(cf(db, CF_CHUNKS), &key).map_err(io)?;
         let value = value.ok_or_else(|| StorageError::Corrupt(format!("lane chunk {key:?} is counted but missing")))?;

@@ -916,10 +916,7 @@ mod tests {
         assert_eq!(rec.weights, vec![(1, "a".to_string(), 9)]);
         assert_eq!(rec.config, vec![("tenant.acme".to_string(), "gold".to_string())]);
         assert!(store.contains_message(1, id).unwrap());
-        commit(
-            &store,
-            vec![Change::DeleteMessage { queue: 1, lane: lane("a"), slot: LaneSlot::default(), seq: 7, id }],
-        );
+        commit(&store, vec![delete(1, "a", 7, id)]);
         assert!(!store.contains_message(1, id).unwrap());
     }
 
@@ -957,14 +954,7 @@ mod tests {
         let (b2, b2_id) = put(1, "b", 2);
         commit(&store, vec![a1, b2, put(1, "a", 3).0, put(1, "a", 4).0]);
         // Delete and re-put in one batch (a retry moving to the tail).
-        commit(
-            &store,
-            vec![
-                Change::DeleteMessage { queue: 1, lane: lane("a"), slot: LaneSlot::default(), seq: 1, id: a1_id },
-                put(1, "a", 5).0,
-                Change::DeleteMessage { queue: 1, lane: lane("b"), slot: LaneSlot::default(), seq: 2, id: b2_id },
-            ],
-        );
+        commit(&store, vec![delete(1, "a", 1, a1_id), put(1, "a", 5).0, delete(1, "b", 2, b2_id)]);
         let rec = store.recover().unwrap();
         assert_eq!(pending_by_key(&rec), vec![(1, "a".into(), 3)]);
         assert_eq!(rec.max_seq, 5);
@@ -1001,16 +991,7 @@ mod tests {
             store.recover().unwrap();
             commit(&store, vec![first, put(1, "a", 2).0, put(1, "b", 3).0]);
             commit(&store, vec![put(1, "a", 4).0, put(1, "b", 5).0]);
-            commit(
-                &store,
-                vec![Change::DeleteMessage {
-                    queue: 1,
-                    lane: lane("a"),
-                    slot: LaneSlot::default(),
-                    seq: 1,
-                    id: first_id,
-                }],
-            );
+            commit(&store, vec![delete(1, "a", 1, first_id)]);
             // Rewrite the journal as a version before numbered lanes wrote it.
             let family = store.cf(CF_JOURNAL);
             let entries: Vec<_> =
