@@ -10,6 +10,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::consumers::ConsumerId;
 use super::drr::{Credit, Drr};
 use super::key_table::{KeyId, KeyTable};
@@ -51,8 +53,10 @@ pub struct KeyState {
     /// While every ready message of the key waits for a throttle, the key is
     /// out of the rotation and parked under this ticket until a refill.
     pub parked: Option<u64>,
-    /// Usually one lane (all messages with the same throttle keys).
-    pub lanes: Vec<LaneState>,
+    /// Usually one lane (all messages with the same throttle keys), held
+    /// inline: among many keys, a lane behind a pointer was one more cold
+    /// cache line at a message's arrival, its delivery and its lease's end.
+    pub lanes: SmallVec<[LaneState; 1]>,
 }
 
 impl Default for KeyState {
@@ -65,7 +69,7 @@ impl Default for KeyState {
             delivery_rate: DecayingRate::default(),
             unreported_deliveries: 0,
             parked: None,
-            lanes: Vec::new(),
+            lanes: SmallVec::new(),
         }
     }
 }
