@@ -422,7 +422,21 @@ impl<S: Store> Scheduler<S> {
     }
 
     /// Waits for a command or the next lease deadline.
+    ///
+    /// With nothing waiting, the thread yields its core before it blocks.
+    /// The gRPC worker that sent the last command woke this thread while
+    /// holding the inbox's waker lock, and this thread, woken onto the same
+    /// core, preempted it: blocking straight away would wait on that lock
+    /// until the worker ran again, and then wake this thread once more,
+    /// while the worker has the round's answers and deliveries to write.
+    /// Yielding lets it write them first (light-load latency p99 about a
+    /// quarter lower, docs/benchmarks.md). Under load commands are waiting
+    /// and it does not yield.
     fn wait(&self, inbox: &Receiver<Command>) -> Wake {
+        if let Ok(command) = inbox.try_recv() {
+            return Wake::Command(command);
+        }
+        std::thread::yield_now();
         let next_unpark = self.parked.first_key_value().map(|(&(at, _), _)| at);
         let next_due = self.next_due_ms.map(|due| {
             let now_ms = unix_millis(SystemTime::now());
