@@ -142,45 +142,40 @@ impl RocksStore {
             options.set_block_based_table_factory(&table);
             options
         };
+        // The families a lane reads by point lookups (the log, the chunks):
+        // with many active lanes every memtable and table file holds
+        // entries of every lane, so bloom filters let a lookup skip those
+        // that do not hold its key. The memtable's filter takes 1 % of the
+        // memtable: about 13 bits per entry of a small message (well under
+        // 1 % false positives), and small enough for the core's own cache.
+        // At 5 % (1.6 MiB) each put into the log missed the cache: 4 % more
+        // of the scheduler thread's time per message with 1,000 active keys
+        // (benches/fairness_work.rs, five alternated pairs).
+        let looked_up = |table: &mut BlockBasedOptions| {
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            let mut options = Options::default();
+            options.set_block_based_table_factory(table);
+            options.set_memtable_prefix_bloom_ratio(0.01);
+            options.set_memtable_whole_key_filtering(true);
+            options.set_compression_type(DBCompressionType::Lz4);
+            options.set_write_buffer_size(32 * 1024 * 1024);
+            options
+        };
         // The log: appended at its end, deleted from near its start, so the
-        // default skip list inserts next to its previous insert. A lane
-        // among many reads it by point lookups: bloom filters let a lookup
-        // skip the memtables and table files that do not hold its key (each
-        // of them spans from the oldest messages, whose deletions it holds,
-        // to the newest), and a hash index in each block finds the key
-        // without a binary search.
+        // default skip list inserts next to its previous insert. Each of its
+        // memtables and table files spans from the oldest messages, whose
+        // deletions it holds, to the newest; a hash index in each block
+        // finds a key without a binary search.
         let mut log_table = BlockBasedOptions::default();
-        log_table.set_block_cache(&cache);
-        log_table.set_bloom_filter(10.0, false);
         log_table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
         log_table.set_data_block_hash_ratio(0.75);
-        let mut log = Options::default();
-        log.set_block_based_table_factory(&log_table);
+        let mut log = looked_up(&mut log_table);
         let horizon = Horizon::default();
         log.set_compaction_filter_factory(horizon.filter_factory());
-        // The memtable's bloom filter takes 1 % of the memtable: about 13
-        // bits per entry of a small message (well under 1 % false
-        // positives), and small enough for the core's own cache. At 5 %
-        // (1.6 MiB) each put into the log missed the cache: 4 % more of the
-        // scheduler thread's time per message with 1,000 active keys
-        // (benches/fairness_work.rs, five alternated pairs).
-        log.set_memtable_prefix_bloom_ratio(0.01);
-        log.set_memtable_whole_key_filtering(true);
-        log.set_compression_type(DBCompressionType::Lz4);
-        log.set_write_buffer_size(32 * 1024 * 1024);
-        // Sealed chunks hold records too, as large values. A lane's next
-        // chunk is read by its key (`lane_reads.rs`): with many active
-        // lanes every table file and memtable holds chunks of every lane,
-        // so without bloom filters a lookup would search each of them.
-        let mut chunk_table = BlockBasedOptions::default();
-        chunk_table.set_block_cache(&cache);
-        chunk_table.set_bloom_filter(10.0, false);
-        let mut chunks = Options::default();
-        chunks.set_block_based_table_factory(&chunk_table);
-        chunks.set_memtable_prefix_bloom_ratio(0.01);
-        chunks.set_memtable_whole_key_filtering(true);
-        chunks.set_compression_type(DBCompressionType::Lz4);
-        chunks.set_write_buffer_size(32 * 1024 * 1024);
+        // Sealed chunks hold records too, as large values; a lane's next
+        // chunk is read by its key (`lane_reads.rs`).
+        let chunks = looked_up(&mut BlockBasedOptions::default());
         // Tallies are written by checkpoints (see `journal.rs`); versions
         // before the journal merged a delta per lane per commit, and those
         // merges may still be stored.
