@@ -108,6 +108,11 @@ impl KeyState {
     fn is_idle(&self) -> bool {
         self.pending == 0 && self.leased == 0
     }
+
+    /// Where the key's state for `lane` (its throttle keys) is, if it has one.
+    fn lane_position(&self, lane: &Lane) -> Option<usize> {
+        self.lanes.iter().position(|l| l.lane.throttle == lane.throttle)
+    }
 }
 
 pub struct QueueState {
@@ -168,7 +173,7 @@ impl QueueState {
     pub fn add_ready(&mut self, lane: &Lane, count: u64, weight: Option<u32>) -> &mut LaneState {
         let (id, key, state) = self.keys.entry(&lane.fairness_key);
         let was_in_rotation = state.deliverable();
-        let at = match state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
+        let at = match state.lane_position(lane) {
             Some(at) => {
                 state.lanes[at].pending += count;
                 at
@@ -218,7 +223,7 @@ impl QueueState {
         self.in_flight -= 1;
         let Some((_, state)) = self.keys.by_id_mut(key) else { return };
         state.leased -= 1;
-        if let Some(i) = state.lanes.iter().position(|l| l.lane.throttle == lane.throttle) {
+        if let Some(i) = state.lane_position(lane) {
             let l = &mut state.lanes[i];
             l.leased -= 1;
             if l.leased == 0 && l.pending == 0 {
