@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 mod fast_map;
 pub mod grpc;
+mod prefetch;
 pub mod scripting;
 pub mod server;
 pub mod storage;

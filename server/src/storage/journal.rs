@@ -6,16 +6,19 @@
 //!
 //! Past [`CHECKPOINT_BYTES`] of entries the store checkpoints: it writes
 //! the whole tally of every lane changed since the last checkpoint into
-//! `lane_tallies`, in key order, and deletes the journal, in one batch.
-//! Recovery reads the tallies, replays the journal over them, and
-//! checkpoints at once.
+//! `lane_tallies`, in key order, and deletes the journal entries they
+//! hold, in one batch, written on a thread of its own while commits go on
+//! (see `checkpoint_writer.rs`). Recovery reads the tallies, replays the
+//! journal over them, and checkpoints at once.
 //!
 //! An entry is varints: the highest sequence stored so far (0 if the
 //! commit stored none), then per lane its number and its delta: count
 //! (zigzag), highest sequence, weight sequence, weight, floor, then the
 //! opened and the closed sequences (a count, then the first and the gaps to
 //! each next one). Lanes are numbered from 0 in the order the journal first
-//! mentions them after a checkpoint, and only that first mention carries
+//! mentions them after a checkpoint (so a journal whose checkpoint had not
+//! landed holds a numbering per checkpoint since the last one that did,
+//! each starting at 0), and only that first mention carries
 //! the lane's `lane_tallies` key (a lane's number, twice plus one, then
 //! the key's length and bytes; later ones, twice the number): with many
 //! active lanes the keys were two thirds of the journal, and the journal's
@@ -103,7 +106,8 @@ pub struct Entry {
 
 /// Decodes an entry; `names` holds the keys of the lanes numbered by the
 /// entries before it (since the last checkpoint), and gains those this one
-/// numbers. `numbered` says which form the entry has (see [`numbers_lanes`]).
+/// numbers. An entry whose lanes are numbered afresh (the first after a
+/// checkpoint, its first lane numbered 0) starts `names` over. `numbered` says which form the entry has (see [`numbers_lanes`]).
 pub fn decode(mut bytes: &[u8], numbered: bool, names: &mut Vec<Vec<u8>>) -> Option<Entry> {
     let buf = &mut bytes;
     let mut entry = Entry { seq_high: decode_varint(buf).ok()?, lanes: Vec::new() };
@@ -112,6 +116,11 @@ pub fn decode(mut bytes: &[u8], numbered: bool, names: &mut Vec<Vec<u8>>) -> Opt
             let tag = decode_varint(buf).ok()?;
             let number = usize::try_from(tag >> 1).ok()?;
             if tag & 1 == 1 {
+                // A lane numbered 0 starts the numbering after a checkpoint
+                // whose tallies had not landed (see `checkpoint_writer.rs`).
+                if number == 0 {
+                    names.clear();
+                }
                 // Numbers are given in order: the next is the count so far.
                 if number != names.len() {
                     return None;
@@ -196,9 +205,10 @@ impl Journal {
         self.bytes >= self.checkpoint_bytes
     }
 
-    /// Starts over after a checkpoint: no entries, no lane changed since.
+    /// Starts over after a checkpoint: no lane changed or numbered since.
+    /// The entries' keys go on rising: until the checkpoint lands, the
+    /// entries before it are still there.
     pub fn checkpointed(&mut self) {
-        self.next = 0;
         self.numbered = 0;
         self.bytes = 0;
         self.emptied.clear();
@@ -250,6 +260,26 @@ mod tests {
         start_entry(&mut skipping, 0);
         push_lane(&mut skipping, 1, Some(b"lane-b"), &Tally::default());
         assert_eq!(decode(&skipping, true, &mut Vec::new()), None, "lane 0 was never named");
+    }
+
+    #[test]
+    fn a_numbering_from_0_again_starts_over_after_a_checkpoint_that_had_not_landed() {
+        let delta = Tally { count: 1, ..Tally::default() };
+        let entry = |lanes: &[(u64, Option<&[u8]>)]| {
+            let mut entry = Vec::new();
+            start_entry(&mut entry, 0);
+            for &(number, key) in lanes {
+                push_lane(&mut entry, number, key, &delta);
+            }
+            entry
+        };
+        let mut names = Vec::new();
+        let before = entry(&[(0, Some(b"lane-a")), (1, Some(b"lane-b"))]);
+        let after = entry(&[(0, Some(b"lane-b")), (0, None), (1, Some(b"lane-c"))]);
+        decode(&before, true, &mut names).unwrap();
+        let lanes: Vec<Vec<u8>> = decode(&after, true, &mut names).unwrap().lanes.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(lanes, [&b"lane-b"[..], b"lane-b", b"lane-c"]);
+        assert_eq!(names, [&b"lane-b"[..], b"lane-c"]);
     }
 
     #[test]

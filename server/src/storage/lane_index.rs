@@ -347,13 +347,6 @@ impl LaneIndex {
         self.clear_delta();
     }
 
-    /// Forgets the change to the lane's tally: a checkpoint stores the
-    /// whole tally instead.
-    pub fn settle(&mut self) {
-        self.raise_floor();
-        self.clear_delta();
-    }
-
     fn raise_floor(&mut self) {
         self.floor = self.floor.max(self.oldest_open().unwrap_or(self.max_seq + 1));
     }
@@ -578,9 +571,26 @@ impl LaneIndexes {
         Some(&mut self.slot_mut(id).index)
     }
 
-    /// Every lane, by handle.
-    pub fn slots_mut(&mut self) -> impl Iterator<Item = (SlotId, &mut Slot)> {
-        self.slots.iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.as_mut()?)))
+    /// Starts loading what a checkpoint reads of the lane in slot `id`
+    /// beyond the slot itself, if the slot is live: its open sequences and
+    /// its key.
+    pub fn prefetch(&self, id: SlotId) {
+        if let Some(Some(slot)) = self.slots.get(id) {
+            let (front, back) = slot.index.open.as_slices();
+            crate::prefetch::prefetch(front);
+            crate::prefetch::prefetch(back);
+            crate::prefetch::prefetch(&slot.index.key[..]);
+        }
+    }
+
+    /// How many slots there are, live or free: every handle is below.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot `id`, unless it is free.
+    pub fn live_slot_mut(&mut self, id: SlotId) -> Option<&mut Slot> {
+        self.slots.get_mut(id)?.as_mut()
     }
 
     /// The oldest open message of every lane, or lower (see

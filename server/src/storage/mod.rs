@@ -1,6 +1,7 @@
 //! Durable state behind a trait in domain terms. The scheduler never sees a
 //! key or a column family; `rocks` is the one implementation.
 
+mod checkpoint_writer;
 mod journal;
 pub mod keys;
 mod lane_index;

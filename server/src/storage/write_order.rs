@@ -16,10 +16,25 @@ const KEPT_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// from the last: an allocation per value cost a cold block of memory per
 /// message, and a message writes one or two (its index entry, its log
 /// entry).
-#[derive(Default)]
 pub struct KeyOrdered<K> {
     writes: Vec<(K, Option<Range<usize>>)>,
     values: Vec<u8>,
+    /// The values' buffer is given back past this size.
+    kept_bytes: usize,
+}
+
+impl<K> Default for KeyOrdered<K> {
+    fn default() -> Self {
+        KeyOrdered::keeping(KEPT_VALUE_BYTES)
+    }
+}
+
+impl<K> KeyOrdered<K> {
+    /// Writes whose values' buffer is kept up to `kept_bytes` from one use
+    /// to the next.
+    pub fn keeping(kept_bytes: usize) -> Self {
+        KeyOrdered { writes: Vec::new(), values: Vec::new(), kept_bytes }
+    }
 }
 
 impl<K: AsRef<[u8]> + Ord> KeyOrdered<K> {
@@ -50,7 +65,7 @@ impl<K: AsRef<[u8]> + Ord> KeyOrdered<K> {
             }
         }
         self.values.clear();
-        if self.values.capacity() > KEPT_VALUE_BYTES {
+        if self.values.capacity() > self.kept_bytes {
             self.values = Vec::new();
         }
     }
