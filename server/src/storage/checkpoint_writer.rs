@@ -69,10 +69,21 @@ pub struct CheckpointWriter {
     /// tally holds. A restart recovers from the journal, which still has
     /// them all.
     failed: Option<StorageError>,
-    /// Tests drop every batch instead of writing it, as a crash would
-    /// before one lands.
+    /// What tests make of every batch.
     #[cfg(test)]
-    pub lose_batches: bool,
+    pub outcome: TestOutcome,
+}
+
+/// What becomes of a checkpoint's batch in a test.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TestOutcome {
+    #[default]
+    Written,
+    /// Dropped, as a crash would before it landed.
+    Lost,
+    /// Not written, and the writer fails, as on a failed write.
+    Failed,
 }
 
 impl CheckpointWriter {
@@ -80,8 +91,13 @@ impl CheckpointWriter {
     pub fn start(&mut self, db: &Arc<DB>, batch: CheckpointBatch) -> Result<(), StorageError> {
         self.wait()?;
         #[cfg(test)]
-        if self.lose_batches {
-            return Ok(());
+        match self.outcome {
+            TestOutcome::Written => {}
+            TestOutcome::Lost => return Ok(()),
+            TestOutcome::Failed => {
+                self.writing = Some(std::thread::spawn(|| Err(StorageError::Io("the disk is full".into()))));
+                return Ok(());
+            }
         }
         let db = Arc::clone(db);
         let handle = std::thread::Builder::new()

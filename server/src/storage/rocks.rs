@@ -846,6 +846,7 @@ impl Store for RocksStore {
 }
 #[cfg(test)]
 mod tests {
+    use super::super::checkpoint_writer::TestOutcome;
     use super::super::lane_index::CHUNK_LEN;
     use super::*;
     use crate::domain::ThrottleSet;
@@ -1162,6 +1163,33 @@ mod tests {
     }
 
     #[test]
+    fn after_a_checkpoint_fails_no_commit_is_taken_and_a_restart_recovers_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        store.recover().unwrap();
+        store.journal.borrow_mut().checkpoint_bytes = 1;
+        store.checkpoints.borrow_mut().outcome = TestOutcome::Failed;
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            vec![put(1, "a", seq).0, put(1, "b", seq + 100).0]
+        };
+        // The first checkpoint starts (and fails); the commit that would
+        // start the next finds out, after its own write.
+        commit(&store, next());
+        let error = store.commit(ChangeSet { changes: next(), needs_sync: true }).unwrap_err();
+        assert!(error.to_string().contains("restart"), "{error}");
+        // Nothing more is written.
+        let refused = store.commit(ChangeSet { changes: next(), needs_sync: true }).unwrap_err();
+        assert_eq!(refused, error);
+        drop(store);
+        let store = RocksStore::open(dir.path(), false).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(pending_by_key(&recovered), vec![(1, "a".to_string(), 2), (1, "b".to_string(), 2)]);
+        assert_eq!(read_all(&store, 1, "a"), vec![1, 2]);
+    }
+
+    #[test]
     fn sequences_are_not_reused_when_the_log_empties() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1338,13 +1366,13 @@ mod tests {
                     let journal = self.store().journal.borrow();
                     (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes)
                 };
-                let lose_checkpoints = self.store().checkpoints.borrow().lose_batches;
+                let outcome = self.store().checkpoints.borrow().outcome;
                 self.store = None;
                 self.store = Some(RocksStore::open(self.dir.path(), false).unwrap());
                 let mut journal = self.store().journal.borrow_mut();
                 (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes) = settings;
                 drop(journal);
-                self.store().checkpoints.borrow_mut().lose_batches = lose_checkpoints;
+                self.store().checkpoints.borrow_mut().outcome = outcome;
                 let rec = self.store().recover().unwrap();
                 let expected: Vec<(QueueId, String, u64)> = KEYS
                     .iter()
@@ -1393,7 +1421,9 @@ mod tests {
             (journal.checkpoint_bytes, journal.max_open_age, journal.horizon_every_bytes) =
                 (checkpoint_bytes, max_open_age, horizon_every_bytes);
             drop(journal);
-            store.as_ref().unwrap().checkpoints.borrow_mut().lose_batches = lose_checkpoints;
+            if lose_checkpoints {
+                store.as_ref().unwrap().checkpoints.borrow_mut().outcome = TestOutcome::Lost;
+            }
             let mut run = Run { dir, store, lanes: Default::default(), read: HashSet::new(), next_seq: 1, last_seq: 0 };
             run.store().recover().unwrap();
             for op in ops {
