@@ -107,7 +107,8 @@ pub struct Entry {
 /// Decodes an entry; `names` holds the keys of the lanes numbered by the
 /// entries before it (since the last checkpoint), and gains those this one
 /// numbers. An entry whose lanes are numbered afresh (the first after a
-/// checkpoint, its first lane numbered 0) starts `names` over. `numbered` says which form the entry has (see [`numbers_lanes`]).
+/// checkpoint, its first lane numbered 0) starts `names` over. `numbered`
+/// says which form the entry has (see [`numbers_lanes`]).
 pub fn decode(mut bytes: &[u8], numbered: bool, names: &mut Vec<Vec<u8>>) -> Option<Entry> {
     let buf = &mut bytes;
     let mut entry = Entry { seq_high: decode_varint(buf).ok()?, lanes: Vec::new() };

@@ -340,6 +340,7 @@ impl RocksStore {
         // Log entries older than every open message are dead.
         self.horizon.raise(indexes.oldest_open().unwrap_or(max_seq + 1));
         *self.lanes.borrow_mut() = indexes;
+        // The batch above deleted every entry, so the keys start over too.
         let mut journal = self.journal.borrow_mut();
         journal.checkpointed();
         journal.next = 0;
